@@ -1,0 +1,96 @@
+"""Readers for cache directories (clips or spectrograms): what other steps and tests use.
+
+    read_clip(cache_dir, clip_id)        -> (uint8 frames [T, H, W, 3] torch tensor, fps)
+    read_audio(cache_dir, clip_id)       -> float32 waveform [n] at the cache's sample rate (16 kHz)
+    read_spectrogram(cache_dir, clip_id) -> float32 normalised log-mel [80, T]
+
+`CacheReader` keeps the manifest in memory; the module functions reuse one reader per directory and
+reload it when the manifest file changes.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.cache_builder import MANIFEST, read_manifest, read_report
+from components.shards import bytes_array, read_member, unpack_jpegs
+
+PCM_SCALE = 32767.0  # the official loader divides int16 samples by 32767
+
+
+class CacheReader:
+    def __init__(self, cache_dir: str | Path):
+        self.directory = Path(cache_dir)
+        if not (self.directory / MANIFEST).exists():
+            raise FileNotFoundError(f"{self.directory} is not a cache directory (no {MANIFEST}); "
+                                    "run components.extract_clips / components.cache_spectrograms first")
+        self.entries = {e["clip_id"]: e for e in read_manifest(self.directory)}
+
+    @property
+    def report(self) -> dict:
+        return read_report(self.directory)
+
+    def ids(self) -> list[str]:
+        return list(self.entries)
+
+    def entry(self, clip_id: str) -> dict:
+        try:
+            return self.entries[clip_id]
+        except KeyError:
+            raise KeyError(f"clip {clip_id!r} is not in {self.directory / MANIFEST}") from None
+
+    def member(self, clip_id: str, name: str) -> bytes:
+        entry = self.entry(clip_id)
+        where = entry["members"].get(name)
+        if where is None:
+            raise KeyError(f"clip {clip_id!r} has no {name!r} in {self.directory} "
+                           f"(has: {sorted(entry['members'])})")
+        return read_member(self.directory / entry["shard"], where["offset"], where["size"])
+
+    def jpegs(self, clip_id: str) -> list[memoryview]:
+        return unpack_jpegs(self.member(clip_id, "frames"))
+
+    def clip(self, clip_id: str, frames: slice | None = None) -> tuple[torch.Tensor, float]:
+        """Decoded RGB frames [T, H, W, 3] uint8 (optionally only `frames`, decoding just those)."""
+        from torchvision.io import decode_jpeg
+
+        jpegs = self.jpegs(clip_id)
+        if frames is not None:
+            jpegs = jpegs[frames]
+        data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+        decoded = decode_jpeg(data) if data else []
+        video = torch.stack(decoded).permute(0, 2, 3, 1) if decoded else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+        return video, float(self.entry(clip_id)["video"]["fps"])
+
+    def audio(self, clip_id: str) -> np.ndarray:
+        pcm = bytes_array(self.member(clip_id, "pcm16.npy"))
+        return pcm.astype(np.float32) / PCM_SCALE
+
+    def spectrogram(self, clip_id: str) -> np.ndarray:
+        return bytes_array(self.member(clip_id, "logmel.npy")).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _reader(directory: str, manifest_mtime_ns: int) -> CacheReader:
+    return CacheReader(directory)
+
+
+def open_cache(cache_dir: str | Path) -> CacheReader:
+    directory = Path(cache_dir).resolve()
+    manifest = directory / MANIFEST
+    return _reader(str(directory), manifest.stat().st_mtime_ns if manifest.exists() else -1)
+
+
+def read_clip(cache_dir: str | Path, clip_id: str) -> tuple[torch.Tensor, float]:
+    return open_cache(cache_dir).clip(clip_id)
+
+
+def read_audio(cache_dir: str | Path, clip_id: str) -> np.ndarray:
+    return open_cache(cache_dir).audio(clip_id)
+
+
+def read_spectrogram(cache_dir: str | Path, clip_id: str) -> np.ndarray:
+    return open_cache(cache_dir).spectrogram(clip_id)
