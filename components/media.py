@@ -143,7 +143,9 @@ def decode(path: str | os.PathLike, info: Probe, *, fps: float | None, short_sid
     size = None
     if with_video:
         size = scaled_size(info.video.width, info.video.height, short_side)
-        v = inp[str(info.video.index)].filter("fps", fps=fps).filter(
+        # round=up: output frame k shows the last native frame at or before k/fps, the official
+        # sampling rule ("nearest earlier frame"); ffmpeg's default would take the nearest frame.
+        v = inp[str(info.video.index)].filter("fps", fps=fps, round="up").filter(
             "scale", size[0], size[1], flags="bilinear")
         outputs.append(ffmpeg.output(v, "pipe:", format="rawvideo", pix_fmt="rgb24"))
     with tempfile.TemporaryDirectory(prefix="xkd-audio-") as tmp:
