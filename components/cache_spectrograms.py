@@ -19,6 +19,7 @@ import numpy as np
 
 from components.cache import PCM_SCALE, CacheReader
 from components.cache_builder import Job, build_cache
+from components.errors import UsageError, cli
 from components.extract_clips import summarize
 from components.inputs import media_jobs
 from components.logmel import HOP, N_MELS, SAMPLE_RATE, log_mel
@@ -85,12 +86,12 @@ def run(output: str, *, clips: str | None = None, input: str | None = None, min_
         workers: int = 1, timeout_s: float = 600.0) -> dict:
     """Cache whole-track log-mels for a clip cache (`clips`) or for audio files (`input`)."""
     if (clips is None) == (input is None):
-        raise SystemExit("error: give exactly one of --clips DIR or --input PATH")
+        raise UsageError("give exactly one of --clips DIR or --input PATH")
     params = {"min_duration_s": min_duration, "timeout_s": timeout_s, "storage": np.dtype(STORAGE_DTYPE).name,
               "front_end": "xkd-official-logmel/1", "step": "cache_spectrograms/1"}
     if clips is not None:
         if not (Path(clips) / "manifest.jsonl").exists():
-            raise SystemExit(f"error: {clips} is not a clip cache (no manifest.jsonl); run components.extract_clips")
+            raise UsageError(f"{clips} is not a clip cache (no manifest.jsonl); run components.extract_clips first")
         jobs, process, extra = clip_cache_jobs(clips), from_clip_cache, {"clips": str(clips)}
     else:
         require_ffmpeg()
@@ -100,6 +101,7 @@ def run(output: str, *, clips: str | None = None, input: str | None = None, min_
                        extra_report=extra)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m components.cache_spectrograms",
                                  description=__doc__.split("\n")[0])

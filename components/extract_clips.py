@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from components.cache_builder import Job, build_cache
+from components.errors import UsageError, cli
 from components.inputs import media_jobs
 from components.media import MediaError, decode, probe, require_ffmpeg
 from components.shards import array_bytes, pack_jpegs
@@ -77,7 +78,7 @@ def run(input: str, output: str, *, require_audio: bool = False, fps: float = 8.
     """Extract every media file under `input` into the clip cache `output`; return the report."""
     require_ffmpeg()
     if fps <= 0 or short_side <= 0 or sample_rate <= 0 or min_duration < 0 or workers < 1:
-        raise SystemExit("error: --fps, --short-side, --sample-rate and --workers must be positive, "
+        raise UsageError("--fps, --short-side, --sample-rate and --workers must be positive, "
                          "--min-duration non-negative")
     jobs, ignored = media_jobs(input)
     params = {"fps": fps, "short_side": short_side, "sample_rate": sample_rate, "min_duration_s": min_duration,
@@ -99,6 +100,7 @@ def summarize(report: dict, output: str) -> int:
     return 0
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m components.extract_clips", description=__doc__.split("\n")[0])
     ap.add_argument("--input", required=True, help="folder (recursive), text file of paths, or a media file")

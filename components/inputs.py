@@ -5,6 +5,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from components.cache_builder import Job, file_fingerprint
+from components.errors import UsageError
 
 MEDIA_SUFFIXES = {
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv", ".ts",
@@ -13,18 +14,11 @@ MEDIA_SUFFIXES = {
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 
-class InputError(SystemExit):
-    """Bad CLI input: exits with one clear line."""
-
-    def __init__(self, message: str):
-        super().__init__(f"error: {message}")
-
-
 def discover(path: str) -> tuple[list[tuple[str, Path]], list[str]]:
     """Return ([(source as given, resolved path)], ignored non-media files of a folder scan)."""
     root = Path(path)
     if not root.exists():
-        raise InputError(f"input path does not exist: {path}")
+        raise UsageError(f"input path does not exist: {path}")
     if root.is_dir():
         found, ignored = [], []
         for dirpath, dirnames, filenames in os.walk(root):
@@ -43,7 +37,7 @@ def discover(path: str) -> tuple[list[tuple[str, Path]], list[str]]:
                 p = Path(line)
                 items.append((line, p if p.is_absolute() else root.parent / p))
         if not items:
-            raise InputError(f"the list file {path} names no paths")
+            raise UsageError(f"the list file {path} names no paths")
         return items, []
     return [(path, root)], []
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
+from components.errors import UsageError
+
 REJECT_CODES = ("empty_file", "unreadable", "no_video", "no_audio", "too_short", "timeout", "decode_error")
 STDERR_TAIL_CHARS = 400
 
@@ -35,7 +37,7 @@ def require_ffmpeg() -> None:
     """Fail with one clear line when the ffmpeg/ffprobe binaries are missing."""
     missing = [b for b in ("ffmpeg", "ffprobe") if shutil.which(b) is None]
     if missing:
-        raise SystemExit(f"error: {' and '.join(missing)} not found on PATH; run `make install` "
+        raise UsageError(f"{' and '.join(missing)} not found on PATH; run `make install` "
                          "(installs Debian's ffmpeg) or install FFmpeg yourself")
 
 

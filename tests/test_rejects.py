@@ -67,7 +67,7 @@ def _cli(*args, cwd=REPO):
 
 def test_cli_exit_codes(tmp_path):
     missing = _cli("--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o1"))
-    assert missing.returncode != 0
+    assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == f"error: input path does not exist: {tmp_path / 'nope'}"
 
     bad = tmp_path / "bad"
@@ -87,3 +87,10 @@ def test_help_works():
     for mod in ("components.extract_clips", "components.cache_spectrograms"):
         out = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, cwd=REPO)
         assert out.returncode == 0 and "--output" in out.stdout
+
+
+def test_bad_numbers_are_usage_errors(tmp_path):
+    from components.errors import UsageError
+
+    with pytest.raises(UsageError, match="must be positive"):
+        run(str(AV), str(tmp_path / "o"), fps=0)

@@ -79,8 +79,9 @@ def test_esc10_audio_files_are_cached(micro_esc_spectrograms):
 
 def test_spectrogram_cli_needs_one_source(tmp_path):
     from components.cache_spectrograms import run
+    from components.errors import UsageError
 
-    with pytest.raises(SystemExit, match="exactly one of --clips"):
+    with pytest.raises(UsageError, match="exactly one of --clips"):
         run(str(tmp_path / "o"))
-    with pytest.raises(SystemExit, match="is not a clip cache"):
+    with pytest.raises(UsageError, match="is not a clip cache"):
         run(str(tmp_path / "o"), clips=str(tmp_path))
