@@ -8,9 +8,8 @@ import pytest
 
 from components.cache import open_cache, read_audio, read_clip
 from components.cache_builder import read_manifest, read_report
-from conftest import AV, sample_manifest
+from sample_data import AV, sample_manifest
 
-pytestmark = pytest.mark.xdist_group("media")
 
 WITH_AUDIO = {"R6llTwEh07w.mp4", "SOX5yA1l24A.mp4", "WUzgd7C1pWA.mp4", "flipping_a_pancake.mkv",
               "mmaction2_test.avi", "big_buck_bunny_432_433.webm"}

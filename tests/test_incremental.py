@@ -2,14 +2,12 @@
 import os
 import shutil
 
-import pytest
 
 from components.cache import read_clip
 from components.cache_builder import read_manifest
 from components.extract_clips import run
-from conftest import AV
+from sample_data import AV
 
-pytestmark = pytest.mark.xdist_group("media")
 
 
 def test_rerun_is_a_noop_and_changes_are_incremental(tmp_path):

@@ -9,9 +9,8 @@ import pytest
 
 from components.cache_builder import read_report
 from components.extract_clips import run
-from conftest import AV, ESC, REPO
+from sample_data import AV, ESC, REPO
 
-pytestmark = pytest.mark.xdist_group("media")
 
 
 def _make_bad_inputs(folder):

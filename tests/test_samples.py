@@ -1,7 +1,7 @@
 """The embedded real media are exactly the files their provenance manifest describes."""
 import hashlib
 
-from conftest import SAMPLES, sample_manifest
+from sample_data import SAMPLES, sample_manifest
 
 
 def test_every_sample_matches_its_manifest_sha256():

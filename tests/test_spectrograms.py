@@ -7,9 +7,8 @@ import torch
 from components.cache import open_cache, read_audio, read_spectrogram
 from components.cache_builder import read_manifest, read_report
 from components.logmel import HOP, LOG_EPS, NORM_MEAN, NORM_STD, frames_for, log_mel
-from conftest import ESC
+from sample_data import ESC
 
-pytestmark = pytest.mark.xdist_group("media")
 
 
 def librosa_log_mel(wave: np.ndarray) -> np.ndarray:

@@ -1,0 +1,211 @@
+"""The assembled model (tiny preset): loss terms, determinism, gradients, EMA, sharing, optimiser helpers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_batch
+from model import build, param_groups, preset
+from model.config import ConfigError, from_dict
+from model.optim import build_optimizer, clip_grad_per_tensor_
+from model.summary import parameter_counts
+
+OFFICIAL_BASE = {
+    "xkd": (396_374_336, 206_346_560), "mas": (311_347_520, 121_319_744), "mats": (226_320_704, 121_319_744)}
+
+
+@pytest.mark.parametrize("variant", ["xkd", "mas", "mats"])
+def test_base_parameter_counts_equal_the_official_model(variant):
+    c = parameter_counts("base", variant)  # meta device: nothing is allocated
+    assert (c["video_encoder"], c["audio_encoder"], c["video_decoder"], c["audio_decoder"], c["head"]) == (
+        87_691_008, 85_509_888, 8_722_560, 7_628_992, 8_405_248)
+    assert c["head_trainable"] == 8_397_056
+    assert (c["total"], c["trainable"]) == OFFICIAL_BASE[variant]
+
+
+def _model(variant="xkd", seed=0, **kw):
+    torch.manual_seed(seed)
+    return build(preset("tiny", variant, **kw))
+
+
+@pytest.fixture(scope="module")
+def xkd_out():
+    model = _model()
+    batch = make_batch(model.cfg)
+    out = model(batch, generator=torch.Generator().manual_seed(0))
+    out["total"].backward()
+    return model, batch, out
+
+
+def test_forward_returns_the_named_terms_and_their_weighting(xkd_out):
+    _, _, out = xkd_out
+    assert set(out) == {"rec_v", "rec_a", "rec", "kd_vt2as", "kd_at2vs", "kd", "mmd_student", "mmd_teacher",
+                        "da", "total"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in out.values())
+    assert torch.allclose(out["rec"], (out["rec_v"] + out["rec_a"]) / 2)
+    assert torch.allclose(out["kd"], (out["kd_vt2as"] + out["kd_at2vs"]) / 2)
+    assert torch.allclose(out["da"], (out["mmd_student"] + out["mmd_teacher"]) / 2)
+    assert torch.allclose(out["total"], (out["da"] + out["kd"] + 5 * out["rec"]) / 7)
+    assert not out["mmd_teacher"].requires_grad and out["mmd_student"].requires_grad
+
+
+def test_gradients_reach_exactly_the_trainable_parameters(xkd_out):
+    model, _, _ = xkd_out
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    teachers = {id(p) for p in model.teacher_parameters()}
+    assert not trainable & teachers
+    head = model.video_student.head
+    assert not head.last_layer.weight_g.requires_grad and head.mlp[1] is head.mlp[4]
+
+
+def test_centres_are_buffers_that_move(xkd_out):
+    model, _, _ = xkd_out
+    state = model.state_dict()
+    assert "vt2as.center" in state and "at2vs.center" in state
+    assert state["vt2as.center"].abs().sum() > 0  # updated by the forward pass (started at zero)
+
+
+def test_same_seed_same_numbers_and_noise_reproduces_masks():
+    outs = []
+    for _ in range(2):
+        model = _model(seed=3)
+        outs.append(model(make_batch(model.cfg, seed=4), generator=torch.Generator().manual_seed(5)))
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    model = _model(seed=3)
+    batch = make_batch(model.cfg, seed=4)
+    g = torch.Generator().manual_seed(9)
+    batch.update(video_noise=torch.rand(2, 392, generator=g), audio_noise=torch.rand(2, 560, generator=g))
+    a = model(batch)["rec"]
+    b = _model(seed=3)(batch)["rec"]
+    assert torch.equal(a, b)
+
+
+def test_teachers_start_equal_and_ema_moves_only_teachers():
+    model = _model()
+    for s, t in ((model.video_student, model.video_teacher), (model.audio_student, model.audio_teacher)):
+        assert all(torch.equal(a, b) for a, b in zip(s.parameters(), t.parameters()))
+    with torch.no_grad():
+        for p in model.video_student.parameters():
+            p.add_(1.0)
+    students = {k: v.clone() for k, v in model.state_dict().items() if "teacher" not in k}
+    before = [p.clone() for p in model.video_teacher.parameters()]
+    model.update_teachers(0.9)
+    for b, t, s in zip(before, model.video_teacher.parameters(), model.video_student.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * s, atol=1e-6)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in students.items())  # students, decoders
+    snapshot = [p.clone() for p in model.teacher_parameters()]
+    model.update_teachers(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, model.teacher_parameters()))
+
+
+@pytest.mark.parametrize("variant,students,teachers", [("xkd", False, False), ("mas", True, False),
+                                                       ("mats", True, True)])
+def test_variants_share_exactly_the_blocks(variant, students, teachers):
+    m = build(preset("tiny", variant), device="meta")
+    vs, as_, vt, at = (m.video_student.encoder, m.audio_student.encoder, m.video_teacher.encoder,
+                       m.audio_teacher.encoder)
+    assert (vs.blocks is as_.blocks) is students and (vt.blocks is at.blocks) is teachers
+    assert vs.blocks is not vt.blocks
+    for a, b in ((vs, as_), (vt, at)):  # never shared: embeddings, CLS, pos, final norm
+        assert a.patch_embed is not b.patch_embed and a.norm is not b.norm and a.pos_embed is not b.pos_embed
+    assert m.video_student.head is not m.audio_student.head and m.video_decoder is not m.audio_decoder
+    assert m.cfg.video_local_views == (1 if variant == "xkd" else 3)
+
+
+@pytest.mark.parametrize("double", [True, False])
+def test_mats_double_ema_flag(double):
+    model = _model("mats", mats_double_ema=double)
+    blk = model.video_teacher.encoder.blocks[0].attn.qkv.weight
+    with torch.no_grad():
+        model.video_student.encoder.blocks[0].attn.qkv.weight.add_(1.0)
+    t0, s = blk.clone(), model.video_student.encoder.blocks[0].attn.qkv.weight.clone()
+    model.update_teachers(0.9, 0.8)
+    once = 0.9 * t0 + 0.1 * s
+    expect = 0.8 * once + 0.2 * s if double else once
+    assert torch.allclose(blk, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["mas", "mats"])
+def test_mas_mats_forward_backward(variant):
+    model = _model(variant)
+    out = model(make_batch(model.cfg), generator=torch.Generator().manual_seed(0))
+    out["total"].backward()
+    shared = model.video_student.encoder.blocks[0].attn.qkv.weight
+    assert shared.grad is not None and torch.isfinite(out["total"])
+
+
+@pytest.mark.parametrize("overrides", [dict(teacher_input="global"), dict(refine_mode="none"),
+                                       dict(mmd_distance="direct"), dict(teacher_mmd="drop"),
+                                       dict(at2vs_student_temp="video", video_student_temp=0.2)])
+def test_official_flags_switch(overrides):
+    base = _model()(make_batch(preset("tiny")), generator=torch.Generator().manual_seed(0))
+    out = _model(**overrides)(make_batch(preset("tiny")), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["total"])
+    assert not torch.equal(out["total"], base["total"])
+    if "teacher_mmd" in overrides:
+        assert torch.equal(out["da"], out["mmd_student"])
+
+
+def test_bf16_autocast_forward():
+    model = _model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(make_batch(model.cfg), generator=torch.Generator().manual_seed(0))
+    out["total"].backward()
+    assert torch.isfinite(out["total"])
+
+
+def test_param_groups_follow_the_official_rule(official_keys):
+    from model.convert_official import model_key_to_official
+
+    model = build(preset("tiny"), device="meta")
+    groups = param_groups(model, 0.3)
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.3]
+    group_of = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
+    official = {r["key"]: r["optimizer_group"] for r in official_keys}
+    checked = 0
+    for name, p in model.named_parameters():
+        want = official[model_key_to_official(name)[0]]
+        assert str(group_of[id(p)]) == want if p.requires_grad else want == "-", name
+        checked += 1
+    assert checked > 100
+    n = sum(p.numel() for g in groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    no_tok = param_groups(model, 0.3, decay_pos_tokens=False)
+    assert any(p is model.video_student.encoder.pos_embed for p in no_tok[0]["params"])
+    assert any(p is model.video_decoder.mask_token for p in no_tok[0]["params"])
+
+
+def test_per_tensor_clipping_and_optimizer_step(xkd_out):
+    model, _, _ = xkd_out
+    params = model.student_parameters_for_clipping()
+    assert all(id(p) not in {id(q) for q in model.video_decoder.parameters()} for p in params)
+    grads = [p.grad.clone() for p in params]
+    norms = clip_grad_per_tensor_(params, 0.3)
+    for g0, p, n in zip(grads, params, norms):
+        assert torch.allclose(n, g0.norm())
+        if n > 0.3:
+            assert p.grad.norm() == pytest.approx(0.3, rel=1e-4)
+        else:
+            assert torch.equal(p.grad, g0)
+    opt = build_optimizer(model)
+    before = model.video_decoder.mask_token.clone()
+    opt.step()
+    assert not torch.equal(before, model.video_decoder.mask_token)
+
+
+def test_config_errors_name_the_bad_key():
+    with pytest.raises(ConfigError, match="'widht'"):
+        preset("tiny", widht=3)
+    with pytest.raises(ConfigError, match="teacher_input"):
+        preset("tiny", teacher_input="both")
+    with pytest.raises(ConfigError, match="variant"):
+        preset("tiny", "xyz")
+    cfg = preset("tiny", "mas", teacher_input="global")
+    assert from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(Exception):
+        cfg.width = 3  # frozen
