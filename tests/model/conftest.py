@@ -31,7 +31,7 @@ def official_keys():
     return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line.strip()]
 
 
-def make_batch(cfg, batch_size: int = 2, seed: int = 0) -> dict:
+def _make_batch(cfg, batch_size: int = 2, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     b = batch_size
     return {
@@ -40,6 +40,12 @@ def make_batch(cfg, batch_size: int = 2, seed: int = 0) -> dict:
         "audio": torch.randn(b, *cfg.audio_input, generator=g),
         "audio_local": [torch.randn(b, *cfg.audio_local, generator=g) for _ in range(cfg.audio_local_views)],
     }
+
+
+@pytest.fixture(scope="session")
+def make_batch():
+    """make_batch(cfg, batch_size=2, seed=0) -> random views in the config's geometry."""
+    return _make_batch
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_batch
 from model import build, param_groups, preset
 from model.config import ConfigError, from_dict
 from model.optim import build_optimizer, clip_grad_per_tensor_
@@ -29,7 +28,7 @@ def _model(variant="xkd", seed=0, **kw):
 
 
 @pytest.fixture(scope="module")
-def xkd_out():
+def xkd_out(make_batch):
     model = _model()
     batch = make_batch(model.cfg)
     out = model(batch, generator=torch.Generator().manual_seed(0))
@@ -70,7 +69,7 @@ def test_centres_are_buffers_that_move(xkd_out):
     assert state["vt2as.center"].abs().sum() > 0  # updated by the forward pass (started at zero)
 
 
-def test_same_seed_same_numbers_and_noise_reproduces_masks():
+def test_same_seed_same_numbers_and_noise_reproduces_masks(make_batch):
     outs = []
     for _ in range(2):
         model = _model(seed=3)
@@ -131,7 +130,7 @@ def test_mats_double_ema_flag(double):
 
 
 @pytest.mark.parametrize("variant", ["mas", "mats"])
-def test_mas_mats_forward_backward(variant):
+def test_mas_mats_forward_backward(variant, make_batch):
     model = _model(variant)
     out = model(make_batch(model.cfg), generator=torch.Generator().manual_seed(0))
     out["total"].backward()
@@ -142,7 +141,7 @@ def test_mas_mats_forward_backward(variant):
 @pytest.mark.parametrize("overrides", [dict(teacher_input="global"), dict(refine_mode="none"),
                                        dict(mmd_distance="direct"), dict(teacher_mmd="drop"),
                                        dict(at2vs_student_temp="video", video_student_temp=0.2)])
-def test_official_flags_switch(overrides):
+def test_official_flags_switch(overrides, make_batch):
     base = _model()(make_batch(preset("tiny")), generator=torch.Generator().manual_seed(0))
     out = _model(**overrides)(make_batch(preset("tiny")), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out["total"])
@@ -151,7 +150,7 @@ def test_official_flags_switch(overrides):
         assert torch.equal(out["da"], out["mmd_student"])
 
 
-def test_bf16_autocast_forward():
+def test_bf16_autocast_forward(make_batch):
     model = _model()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(make_batch(model.cfg), generator=torch.Generator().manual_seed(0))

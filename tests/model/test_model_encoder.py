@@ -140,3 +140,17 @@ def test_packed_blocks_equal_separate_passes(tiny):
     g_sep = torch.autograd.grad(sum((s ** 2).sum() for s in separate), [w, *seqs])
     for a, b in zip(g_packed, g_sep):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_masked_sequence_equals_official_embed_then_mask(tiny):
+    from model.masking import random_masking
+
+    v, _ = tiny
+    x = torch.randn(2, 3, 32, 112, 112)
+    noise = torch.rand(2, 392)
+    seq, patches, mask, ids = v.masked_sequence(x, 0.85, noise=noise)
+    _, tokens, cls = v.embed(x)  # official order: embed all, add pos, then mask
+    kept, mask_ref, ids_ref = random_masking(tokens, 0.85, noise=noise)
+    assert torch.equal(mask, mask_ref) and torch.equal(ids, ids_ref)
+    assert torch.allclose(seq[:, 1:], kept, atol=1e-5) and torch.allclose(seq[:, :1], cls.expand(2, -1, -1))
+    assert torch.equal(patches, patchify(x, (4, 16, 16)))
