@@ -175,3 +175,16 @@ def test_the_dataset_feeds_the_tiny_model(dataset):
     assert torch.isfinite(losses["total"]) and losses["total"] > 0
     losses["total"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.video_student.parameters())
+
+
+def test_fast_audio_path_differences_are_what_the_readme_says(micro_clips, micro_spectrograms):
+    """Slicing the cached log-mel equals recomputing it except in the 4+4 edge frames; the additive
+    volume shift is exact except where the mel is near the log floor (silence)."""
+    from benchmarks.audio_fidelity import measure
+
+    m = measure(micro_clips, micro_spectrograms, stride=40)
+    for n in (64000, 16000):
+        assert max(m["interior"][n]) <= 2 ** -8                  # only float16 storage differs inside
+        assert max(m["edge"][n]) > 0.1                           # the edges really differ (documented)
+    for g, d in m["jitter"].items():
+        assert d.mean() < 5e-3 and d.max() <= abs(views.volume_shift(g)) + 1e-3
