@@ -44,5 +44,13 @@ bench: install
 	$(BIN)/python -m benchmarks.extraction
 	$(BIN)/python -m benchmarks.spectrograms
 
+# Register a local dataset copy: check it against data/splits, dvc add it, push to the DVC remote.
+# make data DATASET=ucf101 SRC=/path/to/UCF-101 [REMOTE=/path/or/url] [SPLIT=1]
+.PHONY: data
+data: install
+	@test -n "$(DATASET)" -a -n "$(SRC)" || { echo "usage: make data DATASET=<name> SRC=<folder> [REMOTE=...]" >&2; exit 2; }
+	$(BIN)/python -m components.register_data --dataset "$(DATASET)" --src "$(SRC)" \
+	  $(if $(REMOTE),--remote "$(REMOTE)") $(if $(SPLIT),--split $(SPLIT))
+
 clean-cache:
 	rm -rf data/cache outputs

@@ -63,12 +63,17 @@ class UnreadableClip(RuntimeError):
 
 
 class PretrainDataset(Dataset):
-    def __init__(self, clips_dir, spectrograms_dir=None, config: ViewConfig = ViewConfig(), seed: int = 0):
+    def __init__(self, clips_dir, spectrograms_dir=None, config: ViewConfig = ViewConfig(), seed: int = 0,
+                 clip_ids: list[str] | None = None):
+        """`clip_ids` restricts the dataset to those clips (e.g. the training part of a hold-out split)."""
         self.config, self.seed = config, seed
         self.clips = CacheReader(clips_dir)
         self.specs = CacheReader(spectrograms_dir) if config.audio_source == "spectrogram" else None
         usable, self.excluded = [], {"no_audio": [], "no_spectrogram": []}
+        wanted = set(clip_ids) if clip_ids is not None else None
         for cid, entry in self.clips.entries.items():
+            if wanted is not None and cid not in wanted:
+                continue
             if entry.get("audio") is None:
                 self.excluded["no_audio"].append(cid)
             elif self.specs is not None and cid not in self.specs.entries:
