@@ -18,8 +18,11 @@ from sample_data import AV, REPO
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     # One temporary sqlite store per module (creating one costs seconds of migrations); never the project's.
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    # artifacts next to the temporary store, not in ./mlruns of the working directory
+    mlflow.create_experiment("xkd-lineage-test", artifact_location=(root / "artifacts").as_uri())
     mlflow.set_experiment("xkd-lineage-test")
     yield MlflowClient(uri)
     mlflow.set_tracking_uri(None)

@@ -1,0 +1,185 @@
+"""Pretraining on real sample clips (tiny preset): logged terms, exact resume after SIGKILL at any moment,
+2-process torchrun, MLflow nesting, config errors, the EMA closed form."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from components.errors import UsageError
+from sample_data import REPO
+
+STEPS = 12
+OVERRIDES = ["checkpoint.every_steps=4", "model.lr=5e-4"]
+
+
+def command(clips, output) -> list[str]:
+    args = ["--config", "tiny", "--clips", str(clips), "--output", str(output), "--max-steps", str(STEPS)]
+    for o in OVERRIDES:
+        args += ["--set", o]
+    return [sys.executable, "-m", "components.pretrain", *args]
+
+
+def launch(clips, output, env_extra=None, wait=True):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{Path(output).parent / 'mlflow.db'}",
+           "PYTHONPATH": str(REPO), **(env_extra or {})}
+    proc = subprocess.Popen(command(clips, output), cwd=Path(output).parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if wait:
+        out, err = proc.communicate(timeout=600)
+        return proc.returncode, err
+    return proc
+
+
+def final_state(output) -> dict[str, torch.Tensor]:
+    last = sorted((Path(output) / "checkpoints").glob("ckpt-*"))[-1]
+    assert last.name == f"ckpt-{STEPS:08d}"
+    return load_file(str(last / "model.safetensors"))
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, micro_clips):
+    """An uninterrupted run: the weights every resumed run must reproduce bit for bit."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    code, err = launch(micro_clips, out)
+    assert code == 0, err[-3000:]
+    return out
+
+
+def test_every_term_is_logged_finite_and_the_loss_falls(reference):
+    rows = [json.loads(l) for l in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    terms = ("total", "rec_v", "rec_a", "kd_vt2as", "kd_at2vs", "mmd_student", "mmd_teacher", "lr",
+             "ema_momentum", "teacher_temp_video", "teacher_temp_audio", "grad_norm", "clips_per_s")
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(r[t])) for t in terms), r
+    totals = [r["total"] for r in rows]
+    assert sum(totals[-4:]) / 4 < sum(totals[:4]) / 4
+    assert rows[0]["ema_momentum"] == pytest.approx(0.997) and rows[-1]["lr"] < rows[1]["lr"]
+    assert (reference / "loss_curves.png").stat().st_size > 10_000
+    final = reference / "final"
+    assert {p.name for p in final.iterdir()} == {"video_student.safetensors", "video_teacher.safetensors",
+                                                 "audio_student.safetensors", "audio_teacher.safetensors",
+                                                 "config.json"}
+    kept = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert kept == ["ckpt-00000004", "ckpt-00000008", "ckpt-00000012"]
+    assert all((reference / "checkpoints" / k / "bundle" / "video_teacher.safetensors").exists() for k in kept)
+
+
+def test_mlflow_run_is_nested_with_params_and_metrics(reference):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{reference.parent / 'mlflow.db'}")
+    run_id = json.loads((reference / "run.json").read_text())["mlflow_run_id"]
+    run = client.get_run(run_id)
+    parent = json.loads((reference.parent / "outputs" / "mlflow_parent.json").read_text())["run_id"]
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params["model.preset"] == "tiny" and run.data.params["train.max_steps"] == str(STEPS)
+    assert run.data.params["model.lr"] == "0.0005" and "derived.effective_batch" in run.data.params
+    history = client.get_metric_history(run_id, "total")
+    assert [m.step for m in history] == list(range(1, STEPS + 1))
+    assert any(k.startswith("lineage.cache.clips") for k in run.data.tags)
+    assert run.info.status == "FINISHED"
+
+
+def _resume_matches(reference, micro_clips, tmp_path, fault: str):
+    out = tmp_path / "out"
+    code, _ = launch(micro_clips, out, {"XKD_FAULT": fault})
+    assert code == -signal.SIGKILL
+    run_id = json.loads((out / "run.json").read_text()).get("mlflow_run_id")
+    code, err = launch(micro_clips, out)
+    assert code == 0, err[-3000:]
+    assert_identical(final_state(out), final_state(reference))
+    assert json.loads((out / "run.json").read_text())["mlflow_run_id"] == run_id  # the same MLflow run goes on
+    return out
+
+
+def test_killed_after_a_step_resumes_bit_identical(reference, micro_clips, tmp_path):
+    _resume_matches(reference, micro_clips, tmp_path, "after_step:6")
+
+
+def test_killed_between_temp_write_and_rename_resumes_bit_identical(reference, micro_clips, tmp_path):
+    out = _resume_matches(reference, micro_clips, tmp_path, "before_rename:8")
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def test_killed_at_a_random_time_resumes_bit_identical(reference, micro_clips, tmp_path):
+    out = tmp_path / "out"
+    proc = launch(micro_clips, out, wait=False)
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # past the start-up
+        time.sleep(0.2)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 6.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    code, err = launch(micro_clips, out)
+    assert code == 0, err[-3000:]
+    assert_identical(final_state(out), final_state(reference))
+
+
+def test_torchrun_two_cpu_processes(micro_clips, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "components.pretrain", "--config", "tiny", "--clips", str(micro_clips), "--output", str(out),
+                "--max-steps", "3", "--set", "train.batch_size=1", "--set", "train.check_replicas_every=1"]
+    done = subprocess.run(torchrun, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    # replicas are compared (weights + DINO centres) after every step: a divergence would fail the run
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    params = __import__("mlflow").MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(
+        json.loads((out / "run.json").read_text())["mlflow_run_id"]).data.params
+    assert params["derived.world_size"] == "2" and params["derived.effective_batch"] == "2"
+
+
+def test_bad_config_key_and_changed_config_are_clear_errors(reference, micro_clips, tmp_path, monkeypatch):
+    from components.pretrain import run
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="unknown config key train.batchsize"):
+        run("tiny", str(micro_clips), None, str(tmp_path / "o"), overrides=["train.batchsize=3"])
+    with pytest.raises(UsageError, match="model: unknown config key 'widht'"):
+        run("tiny", str(micro_clips), None, str(tmp_path / "o"), overrides=["model.widht=3"])
+    with pytest.raises(UsageError, match="holds a run with another config"):
+        run("tiny", str(micro_clips), None, str(reference), max_steps=STEPS,
+            overrides=["checkpoint.every_steps=4", "model.lr=1e-3"])
+
+
+def test_one_step_ema_update_equals_the_closed_form(micro_clips, tmp_path, monkeypatch):
+    import model as xkd_model
+    from components.pretrain import run
+    from components.train_config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = load_config("tiny", ["train.max_steps=1"])
+    torch.manual_seed(cfg.train.seed)
+    initial = xkd_model.build(cfg.model).state_dict()
+    run("tiny", str(micro_clips), None, str(tmp_path / "out"), max_steps=1)
+    after = final_state_at(tmp_path / "out", 1)
+    m = 0.997  # the EMA schedule's first value
+    for key in (k for k in after if k.startswith("video_teacher.encoder.blocks.0.attn.qkv")):
+        student = after[key.replace("teacher", "student")]
+        expected = m * initial[key] + (1 - m) * student  # the teacher started as a copy of the student
+        assert torch.allclose(after[key], expected, atol=1e-7), key
+        assert not torch.equal(after[key], initial[key])
+
+
+def final_state_at(output, step):
+    return load_file(str(Path(output) / "checkpoints" / f"ckpt-{step:08d}" / "model.safetensors"))

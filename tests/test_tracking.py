@@ -1,0 +1,193 @@
+"""components.tracking on a temporary sqlite store (never the project's mlflow.db)."""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+
+import pytest
+
+mlflow = pytest.importorskip("mlflow")
+
+from components import tracking  # noqa: E402
+from components.errors import UsageError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module: creating MLflow's schema costs seconds, a run costs milliseconds."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv(tracking.PARENT_ENV, raising=False)
+        assert tracking.connect() == uri
+        yield mlflow.MlflowClient(uri)
+
+
+@pytest.fixture
+def parent(store, tmp_path):
+    return tracking.parent_run_id(outputs_dir=tmp_path / "outputs")
+
+
+def test_uri_default_and_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{tracking.ROOT / 'mlflow.db'}"
+    assert tracking.tracking_uri().startswith("sqlite:////")  # absolute: the same store from any directory
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/x.db")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/x.db"
+
+
+def test_unreachable_server_is_one_clear_error_at_start(monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on: bound, then released
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setattr(tracking, "CONNECT_TIMEOUT_S", 2.0)
+    before = dict(tracking._connected)
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=f"{uri} is unreachable") as err:
+        tracking.connect(uri)
+    assert time.monotonic() - t0 < 5
+    assert "\n" not in str(err.value)
+    assert tracking._connected == before  # a failed connect leaves the previous store in place
+
+
+def test_unopenable_sqlite_is_a_usage_error(tmp_path):
+    uri = f"sqlite:///{tmp_path}/no/such/dir/mlflow.db"
+    with pytest.raises(UsageError, match="cannot be opened"):
+        tracking.connect(uri)
+
+
+def test_experiment_and_artifacts_beside_the_db(store):
+    exp = store.get_experiment_by_name("xkd")
+    assert exp.experiment_id == tracking.experiment_id()
+    db = tracking._sqlite_path(tracking._connected["uri"])
+    assert exp.artifact_location == (db.parent / "mlruns" / "xkd").as_uri()
+
+
+def test_parent_file_created_once_and_reused(store, tmp_path, monkeypatch):
+    out = tmp_path / "outputs"
+    assert tracking.parent_run_id(create=False, outputs_dir=out) is None
+    pid = tracking.parent_run_id(outputs_dir=out)
+    record = json.loads((out / "mlflow_parent.json").read_text())
+    assert record["run_id"] == pid and record["tracking_uri"] == tracking._connected["uri"]
+    assert tracking.parent_run_id(outputs_dir=out) == pid
+    assert not list(out.glob("mlflow_parent.json.*"))  # no temp file left behind
+    assert store.get_run(pid).data.tags["xkd.role"] == "pipeline"
+
+    other = tracking.parent_run_id(outputs_dir=tmp_path / "elsewhere")
+    monkeypatch.setenv(tracking.PARENT_ENV, other)
+    assert tracking.parent_run_id(outputs_dir=out) == other  # env beats the file
+    assert tracking.parent_run_id(outputs_dir=out, cli_value=pid) == pid  # --mlflow-parent beats env
+    with pytest.raises(UsageError, match="0123456789abcdef.*--mlflow-parent"):
+        tracking.parent_run_id(outputs_dir=out, cli_value="0123456789abcdef0123456789abcdef")
+
+
+def test_step_run_nests_tags_and_finishes(store, parent):
+    with tracking.step_run("eval", parent, tags={"xkd.spec": "ucf101-svm"}) as run:
+        run_id = run.info.run_id
+    r = store.get_run(run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["mlflow.parentRunId"] == parent
+    assert r.data.tags["xkd.step"] == "eval" and r.data.tags["xkd.spec"] == "ucf101-svm"
+    if tracking.git_commit():
+        assert r.data.tags["mlflow.source.git.commit"] == tracking.git_commit()
+    assert mlflow.active_run() is None
+
+
+def test_step_run_failed_on_exception_and_resume_reuses_run(store, parent):
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.step_run("pretrain", parent) as run:
+            run_id = run.info.run_id
+            raise RuntimeError("boom")
+    assert store.get_run(run_id).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+    with tracking.step_run("pretrain", parent, run_id=run_id) as resumed:  # resume from a checkpoint's run id
+        assert resumed.info.run_id == run_id
+    r = store.get_run(run_id)
+    assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent
+
+    with pytest.raises(UsageError, match="to resume does not exist"):
+        with tracking.step_run("pretrain", parent, run_id="f" * 32):
+            pass
+
+
+def test_log_params_flat(store, parent):
+    cfg = {"model": {"preset": "tiny", "patch": [4, 16, 16], "heads": {"out_dim": 8}},
+           "optim": {"lr": 1e-4, "betas": (0.9, 0.95)}, "note": "x" * 7000,
+           "many": {f"k{i}": i for i in range(150)}}  # > 100 params: more than one batch
+    with tracking.step_run("pretrain", parent) as run:
+        logged = tracking.log_params_flat(cfg)
+    params = store.get_run(run.info.run_id).data.params
+    assert params == logged and len(params) == 156
+    assert params["model.preset"] == "tiny" and params["model.heads.out_dim"] == "8"
+    assert json.loads(params["model.patch"]) == [4, 16, 16] and json.loads(params["optim.betas"]) == [0.9, 0.95]
+    assert float(params["optim.lr"]) == 1e-4 and params["many.k149"] == "149"
+    assert len(params["note"]) == 6000 and params["note"].endswith("...")
+
+
+def test_metrics_batched_with_steps(store, parent):
+    with tracking.step_run("pretrain", parent) as run:
+        run_id = run.info.run_id
+        with tracking.MetricLogger(run_id, flush_every=3) as metrics:
+            for step in range(7):
+                metrics.log(step, loss=1.0 / (step + 1), lr=step * 1e-5)
+                if step == 4:  # 3 steps flushed, 2 still buffered
+                    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [0, 1, 2]
+    hist = sorted(store.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in hist] == list(range(7))
+    assert [m.value for m in hist] == pytest.approx([1.0 / (s + 1) for s in range(7)])
+    assert len(store.get_metric_history(run_id, "lr")) == 7
+
+
+def test_non_finite_metric_raises_naming_it(store, parent):
+    with tracking.step_run("pretrain", parent) as run:
+        run_id = run.info.run_id
+        metrics = tracking.MetricLogger(run_id, flush_every=50)
+        metrics.log(0, loss=1.0, loss_mmd=0.5)
+        with pytest.raises(tracking.NonFiniteLoss, match=r"loss_mmd=nan at step 1") as err:
+            metrics.log(1, loss=2.0, loss_mmd=math.nan)
+        assert isinstance(err.value, ValueError)
+        unchecked = tracking.MetricLogger(run_id, flush_every=1, check_finite=False)
+        unchecked.log(2, grad_norm=math.inf)
+    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [0]  # history flushed, NaN step not
+    assert [m.step for m in store.get_metric_history(run_id, "loss_mmd")] == [0]
+    # unchecked values are logged as they are (MLflow's sqlite store clamps inf to the largest float)
+    assert store.get_metric_history(run_id, "grad_norm")[0].value >= 1.7e308
+
+
+def test_log_png_figure_and_path(store, parent, tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(tmp_path / "curve.png")
+    with tracking.step_run("report", parent) as run:
+        assert tracking.log_png(fig, "plots/loss.png") == "plots/loss.png"
+        assert tracking.log_png(tmp_path / "curve.png", "other.png") == "other.png"
+        assert tracking.log_png(tmp_path / "curve.png", "plots") == "plots/curve.png"  # a folder keeps the name
+    plt.close(fig)
+    names = {a.path for a in store.list_artifacts(run.info.run_id, "plots")}
+    assert names == {"plots/loss.png", "plots/curve.png"}
+    assert "other.png" in {a.path for a in store.list_artifacts(run.info.run_id)}
+
+
+def test_parent_race_nests_under_the_winner(store, tmp_path, monkeypatch):
+    out = tmp_path / "outputs"
+    winner = tracking.parent_run_id(outputs_dir=tmp_path / "winner")
+    real = tracking._write_exclusive
+
+    def lose(path, text):  # another first step writes its record between our check and our write
+        real(path, json.dumps({"run_id": winner}))
+        return real(path, text)
+
+    monkeypatch.setattr(tracking, "_write_exclusive", lose)
+    before = {r.info.run_id for r in store.search_runs([tracking.experiment_id()])}
+    assert tracking.parent_run_id(outputs_dir=out) == winner
+    after = {r.info.run_id for r in store.search_runs([tracking.experiment_id()])}
+    assert after == before  # the loser's parent run was deleted, not left dangling
