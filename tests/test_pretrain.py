@@ -183,3 +183,36 @@ def test_one_step_ema_update_equals_the_closed_form(micro_clips, tmp_path, monke
 
 def final_state_at(output, step):
     return load_file(str(Path(output) / "checkpoints" / f"ckpt-{step:08d}" / "model.safetensors"))
+
+
+def test_selection_scores_every_checkpoint_and_role_and_registers_the_champion(reference, micro_clips, tmp_path,
+                                                                               monkeypatch):
+    import mlflow
+
+    import model as xkd_model
+    from components import registry
+    from components.select_checkpoint import run
+
+    monkeypatch.chdir(reference.parent)  # the pipeline's outputs/mlflow_parent.json
+    uri = f"sqlite:///{reference.parent / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    split = json.loads((reference / "holdout.json").read_text())
+    assert split["holdout"] and not set(split["holdout"]) & set(split["train"])
+    sel = run(str(reference), str(micro_clips), None, str(tmp_path / "select"))
+    cands = sel["candidates"]
+    assert sorted((c["step"], c["role"]) for c in cands) == [(s, r) for s in (4, 8, 12) for r in ("student", "teacher")]
+    assert sel["winner"]["val_loss"] == min(c["val_loss"] for c in cands)
+    assert all(torch.isfinite(torch.tensor(c["val_loss"])) for c in cands)
+    on_disk = json.loads((tmp_path / "select" / "selection.json").read_text())
+    assert on_disk["winner"] == sel["winner"] and "test" not in on_disk["rule"]
+    enc = xkd_model.load_encoder(tmp_path / "select" / "bundle" / f"video_{sel['role']}.safetensors")
+    assert enc(torch.zeros(1, 3, 32, 112, 112)).shape[1] == 393  # CLS + 392 tokens
+
+    client = mlflow.MlflowClient(uri)
+    version = client.get_model_version_by_alias("xkd-encoder", "champion")
+    assert int(version.version) == sel["registered"]["version"]
+    assert version.tags["role"] == sel["role"] and any(k.startswith("lineage.cache") for k in version.tags)
+    again = run(str(reference), str(micro_clips), None, str(tmp_path / "select2"))
+    assert again["registered"]["version"] == sel["registered"]["version"] + 1
+    assert int(client.get_model_version_by_alias("xkd-encoder", "champion").version) == again["registered"]["version"]
+    assert registry.load_champion(dst=tmp_path / "champion").joinpath("config.json").exists()
