@@ -216,3 +216,18 @@ def test_selection_scores_every_checkpoint_and_role_and_registers_the_champion(r
     assert again["registered"]["version"] == sel["registered"]["version"] + 1
     assert int(client.get_model_version_by_alias("xkd-encoder", "champion").version) == again["registered"]["version"]
     assert registry.load_champion(dst=tmp_path / "champion").joinpath("config.json").exists()
+
+
+def test_non_finite_loss_stops_naming_the_term_and_bad_tracking_fails_at_start(micro_clips, tmp_path, monkeypatch):
+    from components.pretrain import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # a zero teacher temperature makes the video-teacher -> audio-student distillation term non-finite
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0: .*kd_vt2as"):
+        run("tiny", str(micro_clips), None, str(tmp_path / "nan"), max_steps=2,
+            overrides=["model.video_teacher_temp=0.0", "model.video_warmup_teacher_temp=0.0"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(UsageError, match="127.0.0.1:9"):
+        run("tiny", str(micro_clips), None, str(tmp_path / "unreachable"), max_steps=2)
+    assert not (tmp_path / "unreachable" / "checkpoints").exists()
