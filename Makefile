@@ -11,12 +11,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc stages call `python -m components...`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install ffmpeg run test bench clean-cache help
+.PHONY: install ffmpeg run test bench ui clean-cache help
 
 help:
 	@echo "make run    - dvc repro on the embedded sample data (installs first)"
 	@echo "make test   - the test suite (installs first)"
 	@echo "make bench  - the benchmarks (prints ratios against their baselines)"
+	@echo "make ui     - MLflow UI on http://127.0.0.1:5000 over the project's store (runs, registry)"
 
 install: ffmpeg $(STAMP)
 
@@ -51,6 +52,10 @@ data: install
 	@test -n "$(DATASET)" -a -n "$(SRC)" || { echo "usage: make data DATASET=<name> SRC=<folder> [REMOTE=...]" >&2; exit 2; }
 	$(BIN)/python -m components.register_data --dataset "$(DATASET)" --src "$(SRC)" \
 	  $(if $(REMOTE),--remote "$(REMOTE)") $(if $(SPLIT),--split $(SPLIT))
+
+# Browse runs, nested evaluations and the model registry. Loopback only: the store holds no auth.
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
 
 clean-cache:
 	rm -rf data/cache outputs

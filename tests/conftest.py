@@ -71,3 +71,13 @@ def samples_clips(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cache") / "samples_clips"
     run(str(AV), str(out), workers=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def esc10_root(tmp_path_factory) -> Path:
+    """All 400 ESC-10 clips as a dataset cache root (`ROOT/spectrograms`), for the 5-fold protocol."""
+    from components.cache_spectrograms import run
+
+    root = tmp_path_factory.mktemp("esc10")
+    run(str(root / "spectrograms"), input=str(ESC / "audio"), workers=2)
+    return root

@@ -1,0 +1,195 @@
+"""Downstream evaluation of an encoder bundle on one dataset with one protocol, all its folds.
+
+    python -m components.evaluate --encoder BUNDLE_DIR [--role student|teacher|selected] --dataset NAME \
+        --protocol svm|linear [--folds 1,2|all] --data DIR --output DIR [--features encoder|random-init|logmel-stats]
+
+Writes `OUTPUT/metrics.json` (Contracts): per fold the score with hyper-parameters chosen on a validation
+carve of the training split (`selected_on: "val"`), mean and std over folds, and beside it the official
+code's choice on the test fold (`paper_style`, labelled). Protocol settings come from
+`configs/eval/<dataset>.yaml` (the official values; esc10.yaml scales them down for the CPU run).
+Each evaluation is an MLflow run nested under the pipeline's parent run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import yaml
+
+from components import eval_datasets, eval_protocols, lineage, tracking
+from components.cache import CacheReader
+from components.errors import UsageError, cli
+from components.eval_features import FeatureSource, ViewSettings, compute, joint
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOLS = ("svm", "linear")
+PAPER_RULE = "hyper-parameter (SVM C / epoch) with the best score on the test fold, as the official code"
+
+
+def load_settings(dataset: str, protocol: str, config: str | None) -> dict:
+    path = Path(config) if config else REPO / "configs" / "eval" / f"{dataset}.yaml"
+    if not path.exists():
+        raise UsageError(f"no evaluation config {path}; add one (see configs/eval/esc50.yaml)")
+    settings = (yaml.safe_load(path.read_text()) or {}).get(protocol)
+    if settings is None:
+        raise UsageError(f"{path} has no '{protocol}' section")
+    return settings
+
+
+def resolve_role(encoder: Path, role: str) -> str:
+    """`selected`: the role the checkpoint selection chose (selection.json beside the bundle)."""
+    if role != "selected":
+        return role
+    sel = encoder.parent / "selection.json"
+    if not sel.exists():
+        raise UsageError(f"--role selected needs {sel} (written by components.select_checkpoint)")
+    return json.loads(sel.read_text())["role"]
+
+
+def _features(source, clips, specs, ids, vs, cache_dir):
+    feats = {}
+    if clips is not None:
+        feats["video"] = compute(source, "video", CacheReader(clips), ids, vs, cache_dir)
+    if specs is not None:
+        feats["audio"] = compute(source, "audio", CacheReader(specs), ids, vs, cache_dir)
+    if len(feats) == 2:
+        crops = vs.test_crops
+        feats["audio"]["test"] = feats["audio"]["test"].repeat_interleave(crops, 1)
+        return joint(feats["video"], feats["audio"])
+    return next(iter(feats.values()))
+
+
+def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, role: str = "student",
+        folds: list[int] | None = None, preset: str = "tiny", mlflow_parent: str | None = None,
+        features: str = "encoder", config: str | None = None, feature_cache: str | None = None,
+        shuffle_labels: bool = False) -> dict:
+    """Evaluate and write OUTPUT/metrics.json; returns its content."""
+    started = time.time()
+    ds = eval_datasets.info(dataset)
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if features == "logmel-stats" and "video" in ds.modality:
+        raise UsageError("logmel-stats features exist for audio datasets only")
+    bundle = Path(encoder)
+    if features != "logmel-stats" and not (bundle / "config.json").exists():
+        raise UsageError(f"{bundle} is not an encoder bundle (no config.json); pass outputs/select/bundle or a "
+                         "pretraining checkpoint's bundle/")
+    role = resolve_role(bundle, role)
+    folds = list(ds.folds) if not folds else folds
+    settings = load_settings(dataset, protocol, config)
+    clips, specs = eval_datasets.cache_dirs(dataset, data)
+    vs = ViewSettings(train_views=settings.get("train_views", 25), test_clips=settings.get("test_clips", 3),
+                      test_crops=settings.get("test_crops", 1), gain_jitter=settings.get("gain_jitter", 0.1))
+    fold_data = [eval_datasets.load_fold(dataset, f) for f in folds]
+    available = set.intersection(*(set(CacheReader(p).ids()) for p in (clips, specs) if p is not None))
+    universe = sorted({s.clip_id for f in fold_data for s in f.train + f.test})
+    missing = [c for c in universe if c not in available]
+    if len(missing) == len(universe):
+        raise UsageError(f"none of the {len(universe)} {dataset} samples of folds {folds} is in the cache under "
+                         f"{data} (e.g. {universe[0]!r}); was it built from the dataset root?")
+    ids = [c for c in universe if c in available]
+    source = FeatureSource(features, bundle if features != "logmel-stats" else None, role, seed=0)
+    feats = _features(source, clips, specs, ids, vs, Path(feature_cache or Path(data) / "features"))
+    row = {c: i for i, c in enumerate(ids)}
+
+    results = []
+    for fold in fold_data:
+        train = [s for s in fold.train if s.clip_id in row]
+        test = [s for s in fold.test if s.clip_id in row]
+        fit_idx, val_idx = eval_datasets.validation_carve(train, settings.get("val_fraction", 0.2))
+        tr = {k: v[[row[s.clip_id] for s in train]] for k, v in feats.items()}
+        te = {k: v[[row[s.clip_id] for s in test]] for k, v in feats.items()}
+        y_tr = np.array([s.label for s in train], dtype=object if ds.metric == "map" else int)
+        if shuffle_labels:  # permutation control: the same pipeline must fall to chance
+            y_tr = y_tr[np.random.default_rng(fold.fold).permutation(len(y_tr))]
+        y_te = np.array([s.label for s in test], dtype=object if ds.metric == "map" else int)
+        if protocol == "svm":
+            r = eval_protocols.svm(tr, y_tr, te, y_te, fit_idx, val_idx, [float(c) for c in settings["C"]])
+        else:
+            r = eval_protocols.linear(tr, y_tr, te, y_te, fit_idx, val_idx, epochs=settings.get("epochs", 50),
+                                      lr=float(settings.get("lr", 1e-3)), dropout=settings.get("dropout", 0.0),
+                                      weight_decay=float(settings.get("weight_decay", 0.0)),
+                                      multilabel=ds.metric == "map")
+        results.append({"fold": fold.fold, **r, "selected_on": "val", "n_train": len(train), "n_test": len(test),
+                        "n_val": len(val_idx), "missing_in_cache": len(fold.train) + len(fold.test) - len(train) - len(test)})
+    key = ds.metric
+    scores = [r[key] for r in results]
+    paper = [r["paper_style"][key] for r in results]
+    metrics = {
+        "dataset": dataset, "protocol": protocol, "role": role, "features": features, "metric": key,
+        "encoder": str(bundle) if features != "logmel-stats" else None,
+        "encoder_digest": source.digest("audio" if ds.modality == "audio" else "video"),
+        "preset": preset, "variant": _variant(bundle, features), "folds": results, "mean": float(np.mean(scores)), "std": float(np.std(scores)),
+        "paper_style": {"rule": PAPER_RULE, "mean": float(np.mean(paper)), "std": float(np.std(paper))},
+        "settings": settings, "smoke": ds.smoke, "shuffled_labels": shuffle_labels, "wall_s": round(time.time() - started, 1),
+    }
+    if ds.smoke:
+        metrics["note"] = f"smoke test of the code path on {len(ids)} sample clips, not a benchmark"
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_parent)
+    return metrics
+
+
+def _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_parent) -> None:
+    tracking.connect()
+    parent = tracking.parent_run_id(create=True, cli_value=mlflow_parent)
+    name = f"evaluate:{dataset}-{protocol}" + ("" if features == "encoder" else f"-{features}")
+    with tracking.step_run(name, parent, tags={"xkd.dataset": dataset, "xkd.protocol": protocol}) as run:
+        tracking.log_params_flat({k: metrics[k] for k in ("dataset", "protocol", "role", "features", "preset",
+                                                          "settings", "encoder_digest")})
+        with tracking.MetricLogger(run.info.run_id) as logger:
+            key = metrics["metric"]
+            for f in metrics["folds"]:
+                logger.log(f["fold"], **{key: f[key], f"paper_style_{key}": f["paper_style"][key]})
+            logger.log(0, **{f"mean_{key}": metrics["mean"], f"std_{key}": metrics["std"],
+                             f"paper_style_mean_{key}": metrics["paper_style"]["mean"]})
+        caches = {n: str(p) for n, p in (("clips", clips), ("spectrograms", specs)) if p is not None}
+        lineage.log_lineage(lineage.collect(caches=caches))
+        mlflow.log_artifact(str(out / "metrics.json"))
+
+
+def _variant(bundle: Path, features: str) -> str | None:
+    cfg = bundle / "config.json"
+    return json.loads(cfg.read_text()).get("variant") if features != "logmel-stats" and cfg.exists() else None
+
+
+def _folds(text: str) -> list[int] | None:
+    return None if text == "all" else [int(x) for x in text.split(",")]
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.split("\n")[0])
+    ap.add_argument("--encoder", default="", help="encoder bundle directory (not needed for logmel-stats)")
+    ap.add_argument("--role", default="student", choices=("student", "teacher", "selected"))
+    ap.add_argument("--dataset", required=True, choices=list(eval_datasets.DATASETS))
+    ap.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    ap.add_argument("--folds", default="all", help="comma-separated folds/splits, or all")
+    ap.add_argument("--data", required=True, help="the dataset's cache root (holding clips/ and/or spectrograms/)")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--features", default="encoder", choices=("encoder", "random-init", "logmel-stats"))
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--config", default=None, help="evaluation settings YAML (default configs/eval/<dataset>.yaml)")
+    ap.add_argument("--shuffle-labels", action="store_true", help="control: permute the training labels")
+    ap.add_argument("--feature-cache", default=None, help="where frozen features are cached (default DATA/features)")
+    ap.add_argument("--mlflow-parent", default=None)
+    args = ap.parse_args(argv)
+    m = run(args.encoder, args.dataset, args.protocol, args.data, args.output, role=args.role,
+            folds=_folds(args.folds), preset=args.preset, mlflow_parent=args.mlflow_parent,
+            features=args.features, config=args.config, feature_cache=args.feature_cache,
+            shuffle_labels=args.shuffle_labels)
+    print(f"{args.dataset} {args.protocol} ({args.features}, {m['role']}): {m['metric']} {m['mean']:.1f} "
+          f"+- {m['std']:.1f} (val-selected); paper-style {m['paper_style']['mean']:.1f}"
+          + (f"  [{m['note']}]" if m.get("note") else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

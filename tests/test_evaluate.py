@@ -1,0 +1,99 @@
+"""Downstream evaluation on the embedded real data: protocols, folds, leak-free validation carves,
+controls through the same code path, clear errors, and the report."""
+import json
+
+import numpy as np
+import pytest
+
+from components import eval_datasets
+from components.errors import UsageError
+from components.evaluate import run
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    import torch
+
+    import model as xkd_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("bundle")
+    xkd_model.export_bundle(xkd_model.build(xkd_model.preset("tiny")), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def av_root(tmp_path_factory, samples_clips):
+    root = tmp_path_factory.mktemp("samples_av")
+    (root / "clips").symlink_to(samples_clips)
+    return root
+
+
+def test_validation_carve_keeps_groups_whole_and_never_sees_the_test_fold():
+    for f in eval_datasets.DATASETS["esc10"].folds:
+        fold = eval_datasets.load_fold("esc10", f)
+        assert len(fold.train) == 320 and len(fold.test) == 80
+        assert not {s.clip_id for s in fold.train} & {s.clip_id for s in fold.test}
+        fit, val = eval_datasets.validation_carve(fold.train, 0.2)
+        assert sorted(fit + val) == list(range(len(fold.train))) and len(val) > 40
+        assert not {fold.train[i].group for i in fit} & {fold.train[i].group for i in val}
+
+
+def test_logmel_statistics_control_scores_well_and_shuffled_labels_fall_to_chance(esc10_root, tmp_path):
+    m = run("", "esc10", "svm", str(esc10_root), str(tmp_path / "a"), features="logmel-stats")
+    assert m["mean"] >= 70.0 and len(m["folds"]) == 5
+    assert m["mean"] == pytest.approx(np.mean([f["top1"] for f in m["folds"]]))
+    assert m["std"] == pytest.approx(np.std([f["top1"] for f in m["folds"]]))
+    assert all(f["selected_on"] == "val" and f["n_test"] == 80 for f in m["folds"])
+    assert m["paper_style"]["mean"] >= m["mean"]  # picking C on the test fold can only look better
+    shuffled = run("", "esc10", "svm", str(esc10_root), str(tmp_path / "b"), features="logmel-stats",
+                   shuffle_labels=True)
+    assert shuffled["mean"] <= 25.0
+    on_disk = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert on_disk["dataset"] == "esc10" and on_disk["paper_style"]["rule"].startswith("hyper-parameter")
+
+
+def test_encoder_svm_and_linear_probe_on_esc10(esc10_root, bundle, tmp_path):
+    svm = run(str(bundle), "esc10", "svm", str(esc10_root), str(tmp_path / "svm"), folds=[1, 2])
+    assert [f["fold"] for f in svm["folds"]] == [1, 2] and 10.0 < svm["mean"] <= 100.0
+    assert svm["encoder_digest"].startswith("encoder:student:")
+    probe = run(str(bundle), "esc10", "linear", str(esc10_root), str(tmp_path / "lin"), folds=[1])
+    assert probe["folds"][0]["hparams"]["epoch"] >= 1 and 10.0 < probe["mean"] <= 100.0
+    assert (esc10_root / "features").exists()  # the frozen features are cached for the next run
+
+
+def test_video_smoke_dataset_says_it_is_a_smoke_test(av_root, bundle, tmp_path):
+    for protocol in ("svm", "linear"):
+        m = run(str(bundle), "samples-av", protocol, str(av_root), str(tmp_path / protocol))
+        assert m["smoke"] and "not a benchmark" in m["note"]
+        assert sum(f["n_train"] + f["n_test"] for f in m["folds"]) == 2 * 13  # every labelled clip, 2 folds
+
+
+def test_absent_dataset_and_bad_arguments_are_clear_errors(tmp_path, bundle):
+    with pytest.raises(UsageError, match=r"no cache at .*ucf101/clips/manifest.jsonl"):
+        run(str(bundle), "ucf101", "svm", str(tmp_path / "ucf101"), str(tmp_path / "o"))
+    with pytest.raises(UsageError, match="unknown dataset"):
+        run(str(bundle), "imagenet", "svm", str(tmp_path), str(tmp_path / "o"))
+    with pytest.raises(UsageError, match="not an encoder bundle"):
+        run(str(tmp_path), "esc10", "svm", str(tmp_path), str(tmp_path / "o"))
+
+
+def test_report_renders_ours_next_to_the_paper(tmp_path):
+    from components.report import run as report
+
+    fold = {"fold": 1, "top1": 80.0, "hparams": {"C": 0.1}, "selected_on": "val", "paper_style": {"top1": 81.0}}
+    metrics = {"dataset": "ucf101", "protocol": "svm", "role": "teacher", "features": "encoder", "metric": "top1",
+               "variant": "xkd", "folds": [fold, {**fold, "fold": 2, "top1": 82.0}], "mean": 81.0, "std": 1.0,
+               "paper_style": {"mean": 81.5, "std": 0.5, "rule": "test"}, "wall_s": 1.0}
+    (tmp_path / "m" / "a").mkdir(parents=True)
+    (tmp_path / "m" / "a" / "metrics.json").write_text(json.dumps(metrics))
+    path = report([str(tmp_path / "m")], str(tmp_path / "r"))
+    text = path.read_text()
+    assert "| ucf101 | svm | xkd teacher | 81.0 ± 1.0 top-1 (2 folds) | 81.5 | 83.8 | Table 7 |" in text
+    assert (tmp_path / "r" / "scores.png").stat().st_size > 5000 and (tmp_path / "r" / "folds.png").exists()
