@@ -73,7 +73,7 @@ class FeatureSource:
         return self.encoder(modality).features(x)
 
 
-def _video_views(reader: CacheReader, cid: str, vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
+def video_views(reader: CacheReader, cid: str, vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
     entry = reader.entry(cid)
     frames, _ = reader.clip(cid)
     frames = frames.permute(0, 3, 1, 2)
@@ -93,7 +93,7 @@ def _video_views(reader: CacheReader, cid: str, vs: ViewSettings, g: torch.Gener
     return photometric.apply(torch.stack(out), torch.stack(params))
 
 
-def _audio_views(reader: CacheReader, cid: str, vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
+def audio_views(reader: CacheReader, cid: str, vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
     spec = torch.from_numpy(reader.spectrogram(cid))
     samples = reader.entry(cid)["audio"]["samples"]
     if g is None:
@@ -116,7 +116,7 @@ def compute(source: FeatureSource, modality: str, reader: CacheReader, clip_ids:
         position = {c: i for i, c in enumerate(json.loads(path.with_suffix(".json").read_text()))}
         idx = torch.tensor([position[c] for c in clip_ids])
         return {k: v[idx] for k, v in cached.items()}
-    make = _video_views if modality == "video" else _audio_views
+    make = video_views if modality == "video" else audio_views
     feats = {"train": [], "test": []}
     for i, cid in enumerate(tqdm(clip_ids, desc=f"{modality} features ({source.kind})", unit="clip")):
         g = torch.Generator().manual_seed(sample_seed(vs.seed, 0, i))

@@ -19,15 +19,16 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 import yaml
 
-from components import eval_datasets, eval_protocols, lineage, tracking
+from components import eval_datasets, eval_finetune, eval_protocols, lineage, tracking
 from components.cache import CacheReader
 from components.errors import UsageError, cli
 from components.eval_features import FeatureSource, ViewSettings, compute, joint
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOCOLS = ("svm", "linear")
+PROTOCOLS = ("svm", "linear", "finetune")
 PAPER_RULE = "hyper-parameter (SVM C / epoch) with the best score on the test fold, as the official code"
 
 
@@ -94,7 +95,12 @@ def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, ro
                          f"{data} (e.g. {universe[0]!r}); was it built from the dataset root?")
     ids = [c for c in universe if c in available]
     source = FeatureSource(features, bundle if features != "logmel-stats" else None, role, seed=0)
-    feats = _features(source, clips, specs, ids, vs, Path(feature_cache or Path(data) / "features"))
+    if protocol == "finetune":
+        if features != "encoder" or ds.modality not in ("audio", "video") or ds.metric != "top1":
+            raise UsageError("finetune runs a pretrained encoder on a single-modality, single-label dataset")
+        feats = {"index": torch.arange(len(ids))}  # no frozen features: the encoder trains
+    else:
+        feats = _features(source, clips, specs, ids, vs, Path(feature_cache or Path(data) / "features"))
     row = {c: i for i, c in enumerate(ids)}
 
     results = []
@@ -108,7 +114,10 @@ def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, ro
         if shuffle_labels:  # permutation control: the same pipeline must fall to chance
             y_tr = y_tr[np.random.default_rng(fold.fold).permutation(len(y_tr))]
         y_te = np.array([s.label for s in test], dtype=object if ds.metric == "map" else int)
-        if protocol == "svm":
+        if protocol == "finetune":
+            reader = CacheReader(clips if ds.modality == "video" else specs)
+            r = eval_finetune.finetune(bundle, role, ds.modality, reader, train, test, fit_idx, val_idx, settings)
+        elif protocol == "svm":
             r = eval_protocols.svm(tr, y_tr, te, y_te, fit_idx, val_idx, [float(c) for c in settings["C"]])
         else:
             r = eval_protocols.linear(tr, y_tr, te, y_te, fit_idx, val_idx, epochs=settings.get("epochs", 50),

@@ -97,3 +97,18 @@ def test_report_renders_ours_next_to_the_paper(tmp_path):
     text = path.read_text()
     assert "| ucf101 | svm | xkd teacher | 81.0 ± 1.0 top-1 (2 folds) | 81.5 | 83.8 | Table 7 |" in text
     assert (tmp_path / "r" / "scores.png").stat().st_size > 5000 and (tmp_path / "r" / "folds.png").exists()
+
+
+def test_finetune_trains_the_encoder_and_picks_the_epoch_on_val(micro_esc_spectrograms, av_root, bundle, tmp_path):
+    root = tmp_path / "esc_micro"
+    root.mkdir()
+    (root / "spectrograms").symlink_to(micro_esc_spectrograms)
+    m = run(str(bundle), "esc10", "finetune", str(root), str(tmp_path / "ft"), folds=[1])
+    fold = m["folds"][0]
+    assert fold["n_train"] == 10 and fold["n_test"] == 10 and fold["missing_in_cache"] == 380
+    assert len(fold["val_top1_by_epoch"]) == 3 and 1 <= fold["hparams"]["epoch"] <= 3
+    assert fold["val_top1_by_epoch"][fold["hparams"]["epoch"] - 1] == max(fold["val_top1_by_epoch"])
+    video = run(str(bundle), "samples-av", "finetune", str(av_root), str(tmp_path / "ftv"), folds=[1])
+    assert video["smoke"] and 0.0 <= video["mean"] <= 100.0
+    with pytest.raises(UsageError, match="finetune runs a pretrained encoder"):
+        run(str(bundle), "esc10", "finetune", str(root), str(tmp_path / "x"), folds=[1], features="random-init")
