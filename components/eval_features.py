@@ -44,6 +44,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def encoder_digest(path: Path) -> str:
+    """sha256 over the tensors (sorted by name) and the sorted metadata of a bundle file: the file bytes
+    themselves are not reproducible across processes (safetensors writes metadata in dict order)."""
+    h = hashlib.sha256(json.dumps(xkd_model.read_metadata(path), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(load_file(str(path)).items()):
+        h.update(name.encode())
+        h.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class FeatureSource:
     """Turns a batch of views of one modality into features [n, D]."""
 
@@ -55,7 +65,7 @@ class FeatureSource:
         if self.kind == "logmel-stats":
             return "logmel-stats"
         path = Path(self.bundle) / f"{modality}_{self.role}.safetensors"
-        return f"{self.kind}:{self.role}:{_sha256(path)}:{self.seed if self.kind == 'random-init' else ''}"
+        return f"{self.kind}:{self.role}:{encoder_digest(path)}:{self.seed if self.kind == 'random-init' else ''}"
 
     def encoder(self, modality: str) -> torch.nn.Module:
         if modality not in self.encoders:

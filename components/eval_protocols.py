@@ -54,6 +54,8 @@ def _svm_scores(train_x, train_y, test_x, c: float, seed: int) -> np.ndarray:
 def svm(train: dict, y_train: np.ndarray, test: dict, y_test: np.ndarray, fit_idx, val_idx, grid, seed=0) -> dict:
     """train/test: {"train": [N, V, D] augmented views, "test": [N, K, D] test views}."""
     fit_idx, val_idx = np.asarray(fit_idx), np.asarray(val_idx)
+    if len(val_idx) == 0 or len(fit_idx) == 0:
+        raise ValueError("the validation carve is empty")
     val_acc = {}
     for c in grid:
         s = _svm_scores(train["train"][fit_idx], y_train[fit_idx], train["test"][val_idx], c, seed)

@@ -66,7 +66,7 @@ def _features(source, clips, specs, ids, vs, cache_dir):
 
 
 def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, role: str = "student",
-        folds: list[int] | None = None, preset: str = "tiny", mlflow_parent: str | None = None,
+        folds: list[int] | str | None = None, preset: str = "tiny", mlflow_parent: str | None = None,
         features: str = "encoder", config: str | None = None, feature_cache: str | None = None,
         shuffle_labels: bool = False) -> dict:
     """Evaluate and write OUTPUT/metrics.json; returns its content."""
@@ -81,6 +81,8 @@ def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, ro
         raise UsageError(f"{bundle} is not an encoder bundle (no config.json); pass outputs/select/bundle or a "
                          "pretraining checkpoint's bundle/")
     role = resolve_role(bundle, role)
+    if isinstance(folds, str):  # "all" or "1,2" as in params.yaml / the CLI
+        folds = _folds(folds)
     folds = list(ds.folds) if not folds else folds
     settings = load_settings(dataset, protocol, config)
     clips, specs = eval_datasets.cache_dirs(dataset, data)
@@ -108,6 +110,9 @@ def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, ro
         train = [s for s in fold.train if s.clip_id in row]
         test = [s for s in fold.test if s.clip_id in row]
         fit_idx, val_idx = eval_datasets.validation_carve(train, settings.get("val_fraction", 0.2))
+        if not fit_idx or not val_idx or len({train[i].label for i in fit_idx}) < 2:
+            raise UsageError(f"{dataset} fold {fold.fold}: {len(train)} training samples in the cache are too few for "
+                             f"a validation carve (fit {len(fit_idx)}, val {len(val_idx)}, need two classes to fit)")
         tr = {k: v[[row[s.clip_id] for s in train]] for k, v in feats.items()}
         te = {k: v[[row[s.clip_id] for s in test]] for k, v in feats.items()}
         y_tr = np.array([s.label for s in train], dtype=object if ds.metric == "map" else int)
