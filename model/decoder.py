@@ -6,7 +6,6 @@ before the output projection, and the CLS token goes through the blocks and is d
 """
 from __future__ import annotations
 
-from functools import partial
 
 import torch
 from torch import nn

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-# shared/ sits beside the repository checkout (../shared from the repo root)
-FIXTURES = REPO.parent / "shared" / "fixtures" / "official_units"
+# Numbers recorded from the official classes, vendored from the team's shared/fixtures (README there)
+FIXTURES = REPO / "tests" / "fixtures" / "official_units"
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def official():
 
     path = FIXTURES / "standalone_losses.safetensors"
     if not path.exists():
-        pytest.fail(f"official fixtures missing: {path} (shared/ must sit beside the repo checkout)")
+        pytest.fail(f"official fixtures missing: {path}")
     return load_file(str(path)), json.loads((FIXTURES / "standalone_losses.json").read_text())
 
 

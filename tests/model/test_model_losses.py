@@ -1,4 +1,4 @@
-"""Losses against numbers recorded from the official classes (../shared/fixtures/official_units)."""
+"""Losses against numbers recorded from the official classes (tests/fixtures/official_units)."""
 from __future__ import annotations
 
 import pytest
@@ -152,3 +152,22 @@ def test_reconstruction_loss_uses_unbiased_variance_and_masked_tokens_only():
 def test_total_loss_weights():
     assert float(losses.total_loss(torch.tensor(7.0), torch.tensor(14.0), torch.tensor(1.4))) == \
         pytest.approx((7 + 14 + 5 * 1.4) / 7)
+
+
+def test_centre_batch_mean_is_all_reduced_only_when_distributed(official, monkeypatch):
+    t, _ = official
+    p = "dino.xkd_like.call0"
+    teacher, centre = t[f"{p}.teacher_output"], t[f"{p}.center_before"]
+    calls = []
+
+    def fake_all_reduce(tensor):  # a second rank holding the same batch
+        calls.append(tensor.shape)
+        tensor.mul_(2)
+
+    local = losses.dino_center_update(centre, teacher, 0.9)
+    assert calls == []  # no process group: no collective
+    monkeypatch.setattr(losses.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(losses.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(losses.dist, "all_reduce", fake_all_reduce)
+    assert torch.allclose(losses.dino_center_update(centre, teacher, 0.9), local, atol=1e-7)
+    assert calls == [(1, 32)]
