@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.cache_builder import MANIFEST, read_manifest, read_report
+from components.cache_builder import MANIFEST, read_manifest
 from components.shards import bytes_array, read_member, unpack_jpegs
 
 PCM_SCALE = 32767.0  # the official loader divides int16 samples by 32767
@@ -28,10 +28,6 @@ class CacheReader:
             raise FileNotFoundError(f"{self.directory} is not a cache directory (no {MANIFEST}); "
                                     "run components.extract_clips / components.cache_spectrograms first")
         self.entries = {e["clip_id"]: e for e in read_manifest(self.directory)}
-
-    @property
-    def report(self) -> dict:
-        return read_report(self.directory)
 
     def ids(self) -> list[str]:
         return list(self.entries)

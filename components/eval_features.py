@@ -26,6 +26,7 @@ import model as xkd_model
 from components import photometric, views
 from components.cache import CacheReader
 from components.eval_data import normalise, window_positions
+from components.lineage import file_sha256
 from components.pretrain_data import sample_seed
 
 
@@ -38,10 +39,6 @@ class ViewSettings:
     grey_p: float = 0.2
     gain_jitter: float = 0.1
     seed: int = 0
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def encoder_digest(path: Path) -> str:
@@ -117,7 +114,7 @@ def audio_views(reader: CacheReader, cid: str, vs: ViewSettings, g: torch.Genera
 def compute(source: FeatureSource, modality: str, reader: CacheReader, clip_ids: list[str], vs: ViewSettings,
             cache_dir: Path | None, batch: int = 64) -> dict[str, torch.Tensor]:
     """{"train": [N, train_views, D], "test": [N, test_clips * test_crops, D]} for `clip_ids` (in order)."""
-    manifest = _sha256(reader.directory / "manifest.jsonl")  # a rebuilt cache never reuses stale features
+    manifest = file_sha256(reader.directory / "manifest.jsonl")  # a rebuilt cache never reuses stale features
     key = hashlib.sha256(json.dumps([source.digest(modality), modality, manifest, sorted(clip_ids), asdict(vs)],
                                     default=list).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"{modality}-{key}.safetensors" if cache_dir else None

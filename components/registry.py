@@ -9,7 +9,6 @@ Each file's sha256 is a version tag, checked again after download.
 """
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from model.bundle import BundleError, read_metadata
 
 from . import tracking
+from .lineage import file_sha256
 from .errors import UsageError
 
 NAME = "xkd-encoder"
@@ -28,14 +28,6 @@ ARTIFACT_PATH = "encoder"
 BUNDLE_FILES = tuple(f"{m}_{r}.safetensors" for m in ("video", "audio") for r in ("student", "teacher")) + (
     "config.json",)
 _DIGEST_TAG = "bundle.sha256."
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_bundle(bundle_dir: Path) -> dict:
@@ -70,7 +62,7 @@ def register_encoder(bundle_dir: str | Path, run_id: str, name: str = NAME, alia
     except MlflowException as e:
         if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
-    version_tags = {f"{_DIGEST_TAG}{f}": _sha256(bundle_dir / f) for f in BUNDLE_FILES}
+    version_tags = {f"{_DIGEST_TAG}{f}": file_sha256(bundle_dir / f) for f in BUNDLE_FILES}
     version_tags.update({"bundle.format": meta["format"], "bundle.preset": meta["preset"],
                          "bundle.variant": meta["variant"]})
     version_tags.update({k: str(v) for k, v in (tags or {}).items()})
@@ -94,7 +86,7 @@ def load_champion(name: str = NAME, alias: str = ALIAS, dst: str | Path | None =
     # `models:/name@alias` resolves to the version's source folder, whose files land directly in dst.
     out = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=str(dst)))
     for key, digest in mv.tags.items():
-        if key.startswith(_DIGEST_TAG) and _sha256(out / key[len(_DIGEST_TAG):]) != digest:
+        if key.startswith(_DIGEST_TAG) and file_sha256(out / key[len(_DIGEST_TAG):]) != digest:
             raise UsageError(f"{out / key[len(_DIGEST_TAG):]}: sha256 differs from registered version "
                              f"{name}/{mv.version}; the artifact store copy is corrupt or was modified")
     return out
