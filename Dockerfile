@@ -22,6 +22,7 @@ WORKDIR /app
 COPY pyproject.toml requirements.lock README.md ./
 RUN pip install -c requirements.lock -r requirements.lock
 COPY model ./model
+COPY xkd ./xkd
 COPY components ./components
 COPY pipelines ./pipelines
 COPY configs ./configs

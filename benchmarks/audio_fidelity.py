@@ -9,6 +9,7 @@ Prints, over every 4 s / 1 s window start on the hop grid of the real sample aud
    edge frames (the centred STFT's window reaches past the slice: reflect padding vs real neighbours)
    and the interior (only float16 storage differs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ import argparse
 import numpy as np
 import torch
 
-from components.cache import CacheReader
-from components.logmel import HOP, frames_for, log_mel
-from components.views import volume_shift
+from xkd.data.cache import CacheReader
+from xkd.data.logmel import HOP, frames_for, log_mel
+from xkd.data.views import volume_shift
 
 EDGE = 4  # frames whose 1024-sample window reaches outside the slice: ceil(512 / 143)
 
@@ -33,15 +34,18 @@ def measure(clips_dir: str, specs_dir: str, stride: int = 7) -> dict:
         for n in (64000, 16000):
             frames = frames_for(n)
             for j in range(0, (len(wave) - n) // HOP, stride):
-                exact = log_mel(wave[HOP * j: HOP * j + n])
-                diff = (cached[:, j: j + frames] - exact).abs()
+                exact = log_mel(wave[HOP * j : HOP * j + n])
+                diff = (cached[:, j : j + frames] - exact).abs()
                 edge[n].append(torch.cat([diff[:, :EDGE], diff[:, -EDGE:]], 1).max().item())
                 interior[n].append(diff[:, EDGE:-EDGE].max().item())
                 if n == 64000 and j % (stride * 10) == 0:
                     for g in jitter:
-                        jitter[g].append((log_mel(wave[HOP * j: HOP * j + n] * g) - exact - volume_shift(g)).abs())
-    return {"jitter": {g: torch.cat([d.flatten() for d in v]) for g, v in jitter.items()},
-            "edge": edge, "interior": interior}
+                        jitter[g].append((log_mel(wave[HOP * j : HOP * j + n] * g) - exact - volume_shift(g)).abs())
+    return {
+        "jitter": {g: torch.cat([d.flatten() for d in v]) for g, v in jitter.items()},
+        "edge": edge,
+        "interior": interior,
+    }
 
 
 def main() -> None:
@@ -51,15 +55,21 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     m = measure(args.clips_dir, args.spectrograms_dir)
-    print("normalised log-mel units (1 unit = 4.41 nats); the jitter itself moves values by up to "
-          f"{volume_shift(1.2):.3f} (g = 1.2)")
+    print(
+        "normalised log-mel units (1 unit = 4.41 nats); the jitter itself moves values by up to "
+        f"{volume_shift(1.2):.3f} (g = 1.2)"
+    )
     for g, d in m["jitter"].items():
-        print(f"volume jitter g={g}: additive shift vs exact: max {d.max():.2e}, mean {d.mean():.2e}, "
-              f"99.9th pct {d.quantile(0.999):.2e}")
+        print(
+            f"volume jitter g={g}: additive shift vs exact: max {d.max():.2e}, mean {d.mean():.2e}, "
+            f"99.9th pct {d.quantile(0.999):.2e}"
+        )
     for n in (64000, 16000):
         e, i = np.array(m["edge"][n]), np.array(m["interior"][n])
-        print(f"{n // 16000} s slice vs recompute ({len(e)} windows): edge {EDGE}+{EDGE} frames max {e.max():.3f} "
-              f"(median {np.median(e):.3f}); interior max {i.max():.2e} (float16 storage)")
+        print(
+            f"{n // 16000} s slice vs recompute ({len(e)} windows): edge {EDGE}+{EDGE} frames max {e.max():.3f} "
+            f"(median {np.median(e):.3f}); interior max {i.max():.2e} (float16 storage)"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ tar shards). Baseline: what a straightforward script does - ffprobe, then one ff
 writing one JPEG file per frame, and a second ffmpeg call for the audio (WAV). Both run on one worker
 (one core), so the figures are per core; both use the same fps / short side / sample rate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.cache_builder import read_report
 from components.extract_clips import run
-from components.inputs import media_jobs
-from components.media import probe, scaled_size
+from xkd.data.cache_build import read_report
+from xkd.data.inputs import media_jobs
+from xkd.data.media import probe, scaled_size
 
 
 def naive_extract(files: list[str], out: Path) -> None:
@@ -27,11 +28,47 @@ def naive_extract(files: list[str], out: Path) -> None:
         w, h = scaled_size(info.video.width, info.video.height, 112)
         frames = out / f"{i:04d}"
         frames.mkdir()
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-i", f, "-map", "0:v:0", "-vf",
-                        f"fps=8,scale={w}:{h}", "-q:v", "2", str(frames / "%05d.jpg")], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-threads",
+                "1",
+                "-i",
+                f,
+                "-map",
+                "0:v:0",
+                "-vf",
+                f"fps=8,scale={w}:{h}",
+                "-q:v",
+                "2",
+                str(frames / "%05d.jpg"),
+            ],
+            check=True,
+        )
         if info.audio is not None:
-            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-i", f, "-map", "0:a:0",
-                            "-ac", "1", "-ar", "16000", str(out / f"{i:04d}.wav")], check=True)
+            subprocess.run(
+                [
+                    "ffmpeg",
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-threads",
+                    "1",
+                    "-i",
+                    f,
+                    "-map",
+                    "0:a:0",
+                    "-ac",
+                    "1",
+                    "-ar",
+                    "16000",
+                    str(out / f"{i:04d}.wav"),
+                ],
+                check=True,
+            )
 
 
 def main() -> None:
@@ -56,10 +93,14 @@ def main() -> None:
             naive.append(time.perf_counter() - t)
     o, n = min(ours), min(naive)
     print(f"files: {len(files)}  media: {media_s:.1f} s  (best of {args.repeats}, 1 worker = 1 core)")
-    print(f"ours     : {o:6.2f} s  {len(files) / o:6.2f} clips/s  {media_s / o:7.1f} media-s/s/core  "
-          f"cache {bytes_per_s / 1024:.1f} KiB per clip-second")
-    print(f"baseline : {n:6.2f} s  {len(files) / n:6.2f} clips/s  {media_s / n:7.1f} media-s/s/core  "
-          "(separate ffmpeg calls for video and audio, one JPEG file per frame)")
+    print(
+        f"ours     : {o:6.2f} s  {len(files) / o:6.2f} clips/s  {media_s / o:7.1f} media-s/s/core  "
+        f"cache {bytes_per_s / 1024:.1f} KiB per clip-second"
+    )
+    print(
+        f"baseline : {n:6.2f} s  {len(files) / n:6.2f} clips/s  {media_s / n:7.1f} media-s/s/core  "
+        "(separate ffmpeg calls for video and audio, one JPEG file per frame)"
+    )
     print(f"speed-up ours/baseline: {n / o:.2f}x")
 
 

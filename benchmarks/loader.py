@@ -11,6 +11,7 @@ the 1 s local view, BYOL-A crop. Ours: `PretrainDataset.__getitem__` (read + JPE
 views) with the photometric ops run batched after collation, reported separately (on the GPU in training).
 Everything single-threaded: figures are per core. Needs `make run` (or the DVC stages) to have built the cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,14 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from torchvision.transforms import ColorJitter, RandomResizedCrop
 
 from benchmarks.spectrograms import librosa_front_end
-from components import views
-from components.cache import CacheReader
-from components.media import probe
-from components.photometric import finish_batch
-from components.pretrain_data import PretrainDataset, ViewConfig, collate
-from torchvision.transforms import ColorJitter, RandomResizedCrop
+from xkd.data import views
+from xkd.data.cache import CacheReader
+from xkd.data.media import probe
+from xkd.data.photometric import finish_batch
+from xkd.data.pretrain_dataset import PretrainDataset, ViewConfig, collate
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 OFFICIAL_RECORDED = 6.5  # clips/s/core, the official loader on four real clips (xkd_spec §9)
@@ -44,7 +45,9 @@ def _pil_view(frames: list[Image.Image], size: int, scale, local: bool) -> torch
         f = TF.resized_crop(f, i, j, h, w, [size, size])
         f = TF.hflip(f) if flip else f
         for op in order:
-            f = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue][op](f, [b, c, s, hue][op])
+            f = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue][op](
+                f, [b, c, s, hue][op]
+            )
         f = TF.rgb_to_grayscale(f, 3) if grey else f
         f = TF.gaussian_blur(f, [9, 9], [0.1, 2.0]) if blur else f
         out.append(TF.normalize(TF.to_tensor(f), MEAN, STD))
@@ -60,13 +63,13 @@ def official_style(path: str) -> dict:
     frames = [TF.resize(f, 112) for f in frames]
     video = _pil_view(frames, 112, (0.2, 1.0), local=False)
     start = random.randint(0, 24)
-    local = _pil_view(frames[start: start + 8], 96, (0.08, 0.4), local=True)
+    local = _pil_view(frames[start : start + 8], 96, (0.08, 0.4), local=True)
     wave = np.zeros(64000, np.float32)
     audio = dec.audio[:64000].astype(np.float32) / 32767
     wave[: len(audio)] = audio
     glob = librosa_front_end(wave * random.uniform(0.9, 1.1))
     s0 = 100 * random.randint(0, 480)
-    loc = librosa_front_end(wave[s0: s0 + 16000] * random.uniform(0.8, 1.2))
+    loc = librosa_front_end(wave[s0 : s0 + 16000] * random.uniform(0.8, 1.2))
     loc = views.byol_rrc(torch.from_numpy(loc), torch.Generator().manual_seed(s0))
     return {"video": video, "video_local": local, "audio": glob, "audio_local": loc}
 
@@ -78,11 +81,11 @@ def decode_window(path, info, t0):
 
     import ffmpeg
 
-    from components.media import Decoded
+    from xkd.data.media import Decoded
+
     inp = ffmpeg.input(path, ss=t0, t=4.0, threads=1)
     with tempfile.NamedTemporaryFile(suffix=".s16le") as audio_file:
-        v = ffmpeg.output(inp[str(info.video.index)].filter("fps", fps=8), "pipe:", format="rawvideo",
-                          pix_fmt="rgb24")
+        v = ffmpeg.output(inp[str(info.video.index)].filter("fps", fps=8), "pipe:", format="rawvideo", pix_fmt="rgb24")
         a = ffmpeg.output(inp[str(info.audio.index)], audio_file.name, format="s16le", ac=1, ar=16000)
         cmd = ffmpeg.merge_outputs(v, a).global_args("-nostdin", "-v", "error", "-y").compile()
         raw = subprocess.run(cmd, capture_output=True, check=True).stdout
@@ -114,8 +117,10 @@ def main() -> None:
     off_rate = n_off / (time.perf_counter() - t)
 
     print(f"clips: {len(sources)} real clips with audio, 1 thread (per core)")
-    print(f"official-style path (raw decode + per-frame PIL + librosa): {off_rate:7.1f} clips/s/core "
-          f"(the official code measured {OFFICIAL_RECORDED:.1f} on this machine kind, xkd_spec §9)")
+    print(
+        f"official-style path (raw decode + per-frame PIL + librosa): {off_rate:7.1f} clips/s/core "
+        f"(the official code measured {OFFICIAL_RECORDED:.1f} on this machine kind, xkd_spec §9)"
+    )
     for source in ("waveform", "spectrogram"):
         ds = PretrainDataset(args.clips_dir, args.spectrograms_dir, ViewConfig(audio_source=source))
         ds[(0, 0, 0)]
@@ -128,8 +133,13 @@ def main() -> None:
         total = time.perf_counter() - t
         n = args.rounds * len(ds)
         for cid in ds.ids:  # the read and JPEG-decode share of the work above
-            t = time.perf_counter(); ds.clips.jpegs(cid); ds.clips.audio(cid); split["read"] += time.perf_counter() - t
-            t = time.perf_counter(); ds.clips.clip(cid, frames=slice(0, 32)); split["decode"] += time.perf_counter() - t
+            t = time.perf_counter()
+            ds.clips.jpegs(cid)
+            ds.clips.audio(cid)
+            split["read"] += time.perf_counter() - t
+            t = time.perf_counter()
+            ds.clips.clip(cid, frames=slice(0, 32))
+            split["decode"] += time.perf_counter() - t
         read_ms, dec_ms = (1000 * split[k] / len(ds.ids) for k in ("read", "decode"))
         per_clip = 1000 * total / n
         batch = collate(samples[: len(ds)])
@@ -137,17 +147,24 @@ def main() -> None:
         finish_batch(batch)
         photo_ms = 1000 * (time.perf_counter() - t) / len(ds)
         rate = 1000 / per_clip
-        print(f"ours, audio from {source:11s}: {rate:7.1f} clips/s/core on loader cores = "
-              f"{rate / off_rate:5.1f}x in-run baseline, {rate / OFFICIAL_RECORDED:4.1f}x recorded  (per clip: read {read_ms:.1f} ms, JPEG decode {dec_ms:.1f} ms, "
-              f"crops+audio views {per_clip - read_ms - dec_ms:.1f} ms)")
-        print(f"   photometric ops after collation on this CPU: {photo_ms:.1f} ms/clip "
-              f"(with them on loader cores: {1000 / (per_clip + photo_ms):.1f} clips/s/core = "
-              f"{1000 / (per_clip + photo_ms) / off_rate:.1f}x)")
+        print(
+            f"ours, audio from {source:11s}: {rate:7.1f} clips/s/core on loader cores = "
+            f"{rate / off_rate:5.1f}x in-run baseline, {rate / OFFICIAL_RECORDED:4.1f}x recorded  "
+            f"(per clip: read {read_ms:.1f} ms, JPEG decode {dec_ms:.1f} ms, "
+            f"crops+audio views {per_clip - read_ms - dec_ms:.1f} ms)"
+        )
+        print(
+            f"   photometric ops after collation on this CPU: {photo_ms:.1f} ms/clip "
+            f"(with them on loader cores: {1000 / (per_clip + photo_ms):.1f} clips/s/core = "
+            f"{1000 / (per_clip + photo_ms) / off_rate:.1f}x)"
+        )
     assumed_step_s, per_gpu = 0.5, 32
     need = per_gpu / assumed_step_s
-    print(f"H100 estimate: assuming a base XKD step of {assumed_step_s} s at {per_gpu} clips/GPU (bf16, not "
-          f"measured here), one GPU consumes {need:.0f} clips/s -> {need / rate:.1f} loader cores "
-          f"(photometric on the GPU)")
+    print(
+        f"H100 estimate: assuming a base XKD step of {assumed_step_s} s at {per_gpu} clips/GPU (bf16, not "
+        f"measured here), one GPU consumes {need:.0f} clips/s -> {need / rate:.1f} loader cores "
+        f"(photometric on the GPU)"
+    )
 
 
 if __name__ == "__main__":

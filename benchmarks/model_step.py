@@ -11,6 +11,7 @@ Baseline: the official code cannot run here (it needs patched imports, CUDA AMP 
 is the figure recorded in the spec (xkd_spec.md §7), measured by instantiating the official classes on this
 machine kind (2-core CPU, 2 threads, batch 2): forward+backward 4.8-5.8 s, AdamW step + EMA 0.4-0.5 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,12 @@ def run_one(preset_name: str, precision: str, variant: str, steps: int, threads:
     clip_params = model.student_parameters_for_clipping()
     g = torch.Generator().manual_seed(0)
     b = 2
-    batch = {"video": torch.randn(b, *cfg.video_input, generator=g),
-             "video_local": [torch.randn(b, *cfg.video_local, generator=g) for _ in range(cfg.video_local_views)],
-             "audio": torch.randn(b, *cfg.audio_input, generator=g),
-             "audio_local": [torch.randn(b, *cfg.audio_local, generator=g) for _ in range(cfg.audio_local_views)]}
+    batch = {
+        "video": torch.randn(b, *cfg.video_input, generator=g),
+        "video_local": [torch.randn(b, *cfg.video_local, generator=g) for _ in range(cfg.video_local_views)],
+        "audio": torch.randn(b, *cfg.audio_input, generator=g),
+        "audio_local": [torch.randn(b, *cfg.audio_local, generator=g) for _ in range(cfg.audio_local_views)],
+    }
     warmup = 1 if preset_name == "base" else 3
     steps = steps if preset_name == "base" else max(steps, 10)
     fwd_bwd, opt_ema = [], []
@@ -62,20 +65,30 @@ def run_one(preset_name: str, precision: str, variant: str, steps: int, threads:
         if i >= warmup:
             fwd_bwd.append(t1 - t0)
             opt_ema.append(t2 - t1)
+
     def median(v):
         return sorted(v)[len(v) // 2]
-    return {"preset": preset_name, "precision": precision, "variant": variant, "steps": steps,
-            "fwd_bwd_s": min(fwd_bwd), "fwd_bwd_median_s": median(fwd_bwd),
-            "opt_ema_s": min(opt_ema), "opt_ema_median_s": median(opt_ema),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "loss": float(out["total"])}
+
+    return {
+        "preset": preset_name,
+        "precision": precision,
+        "variant": variant,
+        "steps": steps,
+        "fwd_bwd_s": min(fwd_bwd),
+        "fwd_bwd_median_s": median(fwd_bwd),
+        "opt_ema_s": min(opt_ema),
+        "opt_ema_median_s": median(opt_ema),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "loss": float(out["total"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", default="xkd", choices=("xkd", "mas", "mats"))
-    ap.add_argument("--steps", type=int, default=4,
-                    help="measured steps per configuration after warm-up (tiny: at least 10)")
+    ap.add_argument(
+        "--steps", type=int, default=4, help="measured steps per configuration after warm-up (tiny: at least 10)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma list of preset:fp32|bf16")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
@@ -85,14 +98,28 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(p, prec, args.variant, args.steps, args.threads)))
         return 0
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    print(f"XKD train step on CPU, batch 2, {args.threads} threads, variant {args.variant}, "
-          f"{args.steps} measured steps for base (min / median)")
-    print(f"{'config':<11} {'fwd+bwd s':>16} {'AdamW+EMA s':>16} {'step s':>7} {'peak RSS GB':>11} {'load':>9}"
-          "  step vs official")
+    print(
+        f"XKD train step on CPU, batch 2, {args.threads} threads, variant {args.variant}, "
+        f"{args.steps} measured steps for base (min / median)"
+    )
+    print(
+        f"{'config':<11} {'fwd+bwd s':>16} {'AdamW+EMA s':>16} {'step s':>7} {'peak RSS GB':>11} {'load':>9}"
+        "  step vs official"
+    )
     lo, hi = OFFICIAL_FWD_BWD[0] + OFFICIAL_OPT_EMA[0], OFFICIAL_FWD_BWD[1] + OFFICIAL_OPT_EMA[1]
     for conf in args.configs.split(","):
-        cmd = [sys.executable, __file__, "--one", conf, "--variant", args.variant, "--steps", str(args.steps),
-               "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            conf,
+            "--variant",
+            args.variant,
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         load0 = os.getloadavg()[0]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
@@ -102,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         step = r["fwd_bwd_s"] + r["opt_ema_s"]
         ratio = f"{step / hi:.2f}-{step / lo:.2f}x of {lo:.1f}-{hi:.1f} s" if r["preset"] == "base" else "-"
-        print(f"{conf:<11} {r['fwd_bwd_s']:>7.3f} / {r['fwd_bwd_median_s']:>6.3f} "
-              f"{r['opt_ema_s']:>7.3f} / {r['opt_ema_median_s']:>6.3f} {step:>7.3f} {r['peak_rss_gb']:>11.2f} "
-              f"{load:>9}  {ratio}")
-    print("Official baseline (xkd_spec.md §7, recorded on this machine kind, not re-run here): "
-          f"fwd+bwd {OFFICIAL_FWD_BWD[0]}-{OFFICIAL_FWD_BWD[1]} s, AdamW+EMA {OFFICIAL_OPT_EMA[0]}-"
-          f"{OFFICIAL_OPT_EMA[1]} s. Target: <= 0.9x.")
+        print(
+            f"{conf:<11} {r['fwd_bwd_s']:>7.3f} / {r['fwd_bwd_median_s']:>6.3f} "
+            f"{r['opt_ema_s']:>7.3f} / {r['opt_ema_median_s']:>6.3f} {step:>7.3f} {r['peak_rss_gb']:>11.2f} "
+            f"{load:>9}  {ratio}"
+        )
+    print(
+        "Official baseline (xkd_spec.md §7, recorded on this machine kind, not re-run here): "
+        f"fwd+bwd {OFFICIAL_FWD_BWD[0]}-{OFFICIAL_FWD_BWD[1]} s, AdamW+EMA {OFFICIAL_OPT_EMA[0]}-"
+        f"{OFFICIAL_OPT_EMA[1]} s. Target: <= 0.9x."
+    )
     return 0
 
 

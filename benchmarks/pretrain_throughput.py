@@ -9,6 +9,7 @@ batch 2 on this machine kind, 4.8-5.8 s, plus 0.4-0.5 s for AdamW+EMA (xkd_spec.
 the official classes, which need patching to run at all, so they are not re-run here). Needs the sample
 caches (`make run` builds them). A CUDA device, when present, runs bf16 and also reports MFU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,33 @@ print(json.dumps({"rss_gb": rss_gb}))
 def run_preset(preset: str, steps: int, clips: str, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        args = ["--config", "tiny", "--clips", clips, "--output", str(out), "--max-steps", str(steps),
-                "--set", "train.batch_size=2", "--set", "data.holdout_fraction=0.0",
-                "--set", f"checkpoint.every_steps={steps + 1}", "--set", f"model.preset={preset}"]
+        args = [
+            "--config",
+            "tiny",
+            "--clips",
+            clips,
+            "--output",
+            str(out),
+            "--max-steps",
+            str(steps),
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "data.holdout_fraction=0.0",
+            "--set",
+            f"checkpoint.every_steps={steps + 1}",
+            "--set",
+            f"model.preset={preset}",
+        ]
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "OMP_NUM_THREADS": str(threads)}
-        done = subprocess.run([sys.executable, "-c", CHILD, str(out), *args], cwd=tmp, env=env,
-                              capture_output=True, text=True, timeout=3600)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(out), *args],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         if done.returncode:
             raise RuntimeError(done.stderr[-2000:])
         rss = json.loads(done.stdout.strip().splitlines()[-1])["rss_gb"]
@@ -57,12 +79,16 @@ def main() -> None:
     print(f"batch 2, {args.threads} threads, CPU fp32, mean of steps 2..{args.steps}")
     for preset in args.presets.split(","):
         r = run_preset(preset, args.steps, clips, args.threads)
-        line = (f"{preset:5s}: {r['step_s']:6.2f} s/step  {1 / r['step_s']:6.3f} steps/s  "
-                f"{2 / r['step_s']:6.2f} clips/s  peak RSS {r['rss_gb']:.1f} GB")
+        line = (
+            f"{preset:5s}: {r['step_s']:6.2f} s/step  {1 / r['step_s']:6.3f} steps/s  "
+            f"{2 / r['step_s']:6.2f} clips/s  peak RSS {r['rss_gb']:.1f} GB"
+        )
         if preset == "base":
             lo, hi = OFFICIAL_BASE_STEP_S
-            line += (f"  | official fwd+bwd+AdamW+EMA {lo:.1f}-{hi:.1f} s/step (recorded): ours = "
-                     f"{r['step_s'] / hi:.2f}-{r['step_s'] / lo:.2f}x of it (includes our data loading)")
+            line += (
+                f"  | official fwd+bwd+AdamW+EMA {lo:.1f}-{hi:.1f} s/step (recorded): ours = "
+                f"{r['step_s'] / hi:.2f}-{r['step_s'] / lo:.2f}x of it (includes our data loading)"
+            )
         print(line)
 
 

@@ -6,6 +6,7 @@ same real waveforms (ESC-10 clips), equal numbers checked.
 Both single-threaded (per core). "Front end" = waveform -> normalised log-mel [80, T]; decoding the
 audio is common to both and excluded. Target: ours >= 3x.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,13 +17,26 @@ import librosa
 import numpy as np
 import torch
 
-from components.logmel import LOG_EPS, NORM_MEAN, NORM_STD, log_mel
+from xkd.data.logmel import LOG_EPS, NORM_MEAN, NORM_STD, log_mel
 
 
 def librosa_front_end(wave: np.ndarray) -> np.ndarray:
-    mel = librosa.feature.melspectrogram(y=wave, sr=16000, n_fft=1024, hop_length=143, win_length=1024,
-                                         window="hann", center=True, pad_mode="reflect", power=2.0, n_mels=80,
-                                         fmin=0.0, fmax=8000.0, htk=False, norm="slaney")
+    mel = librosa.feature.melspectrogram(
+        y=wave,
+        sr=16000,
+        n_fft=1024,
+        hop_length=143,
+        win_length=1024,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=80,
+        fmin=0.0,
+        fmax=8000.0,
+        htk=False,
+        norm="slaney",
+    )
     return (np.log(mel + LOG_EPS) - NORM_MEAN) / NORM_STD
 
 

@@ -9,6 +9,7 @@ code's choice on the test fold (`paper_style`, labelled). Protocol settings come
 `configs/eval/<dataset>.yaml` (the official values; esc10.yaml scales them down for the CPU run).
 Each evaluation is an MLflow run nested under the pipeline's parent run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,18 +23,22 @@ import numpy as np
 import torch
 import yaml
 
-from components import eval_datasets, eval_finetune, eval_protocols, lineage, tracking
-from components.cache import CacheReader
-from components.errors import UsageError, cli
-from components.eval_features import FeatureSource, ViewSettings, compute, joint
+from xkd.data.cache import CacheReader
+from xkd.errors import UsageError, cli
+from xkd.evaluation import datasets as eval_datasets
+from xkd.evaluation import finetune as eval_finetune
+from xkd.evaluation import protocols as eval_protocols
+from xkd.evaluation.features import FeatureSource, ViewSettings, compute, joint
+from xkd.paths import CONFIGS
+from xkd.tracking import lineage
+from xkd.tracking import runs as tracking
 
-REPO = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("svm", "linear", "finetune")
 PAPER_RULE = "hyper-parameter (SVM C / epoch) with the best score on the test fold, as the official code"
 
 
 def load_settings(dataset: str, protocol: str, config: str | None) -> dict:
-    path = Path(config) if config else REPO / "configs" / "eval" / f"{dataset}.yaml"
+    path = Path(config) if config else CONFIGS / "eval" / f"{dataset}.yaml"
     if not path.exists():
         raise UsageError(f"no evaluation config {path}; add one (see configs/eval/esc50.yaml)")
     settings = (yaml.safe_load(path.read_text()) or {}).get(protocol)
@@ -65,10 +70,22 @@ def _features(source, clips, specs, ids, vs, cache_dir):
     return next(iter(feats.values()))
 
 
-def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, role: str = "student",
-        folds: list[int] | str | None = None, preset: str = "tiny", mlflow_parent: str | None = None,
-        features: str = "encoder", config: str | None = None, feature_cache: str | None = None,
-        shuffle_labels: bool = False) -> dict:
+def run(
+    encoder: str,
+    dataset: str,
+    protocol: str,
+    data: str,
+    output: str,
+    *,
+    role: str = "student",
+    folds: list[int] | str | None = None,
+    preset: str = "tiny",
+    mlflow_parent: str | None = None,
+    features: str = "encoder",
+    config: str | None = None,
+    feature_cache: str | None = None,
+    shuffle_labels: bool = False,
+) -> dict:
     """Evaluate and write OUTPUT/metrics.json; returns its content."""
     started = time.time()
     ds = eval_datasets.info(dataset)
@@ -78,23 +95,31 @@ def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, ro
         raise UsageError("logmel-stats features exist for audio datasets only")
     bundle = Path(encoder)
     if features != "logmel-stats" and not (bundle / "config.json").exists():
-        raise UsageError(f"{bundle} is not an encoder bundle (no config.json); pass outputs/select/bundle or a "
-                         "pretraining checkpoint's bundle/")
+        raise UsageError(
+            f"{bundle} is not an encoder bundle (no config.json); pass outputs/select/bundle or a "
+            "pretraining checkpoint's bundle/"
+        )
     role = resolve_role(bundle, role)
     if isinstance(folds, str):  # "all" or "1,2" as in params.yaml / the CLI
         folds = _folds(folds)
     folds = list(ds.folds) if not folds else folds
     settings = load_settings(dataset, protocol, config)
     clips, specs = eval_datasets.cache_dirs(dataset, data)
-    vs = ViewSettings(train_views=settings.get("train_views", 25), test_clips=settings.get("test_clips", 3),
-                      test_crops=settings.get("test_crops", 1), gain_jitter=settings.get("gain_jitter", 0.1))
+    vs = ViewSettings(
+        train_views=settings.get("train_views", 25),
+        test_clips=settings.get("test_clips", 3),
+        test_crops=settings.get("test_crops", 1),
+        gain_jitter=settings.get("gain_jitter", 0.1),
+    )
     fold_data = [eval_datasets.load_fold(dataset, f) for f in folds]
     available = set.intersection(*(set(CacheReader(p).ids()) for p in (clips, specs) if p is not None))
     universe = sorted({s.clip_id for f in fold_data for s in f.train + f.test})
     missing = [c for c in universe if c not in available]
     if len(missing) == len(universe):
-        raise UsageError(f"none of the {len(universe)} {dataset} samples of folds {folds} is in the cache under "
-                         f"{data} (e.g. {universe[0]!r}); was it built from the dataset root?")
+        raise UsageError(
+            f"none of the {len(universe)} {dataset} samples of folds {folds} is in the cache under "
+            f"{data} (e.g. {universe[0]!r}); was it built from the dataset root?"
+        )
     ids = [c for c in universe if c in available]
     source = FeatureSource(features, bundle if features != "logmel-stats" else None, role, seed=0)
     if protocol == "finetune":
@@ -111,8 +136,10 @@ def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, ro
         test = [s for s in fold.test if s.clip_id in row]
         fit_idx, val_idx = eval_datasets.validation_carve(train, settings.get("val_fraction", 0.2))
         if not fit_idx or not val_idx or len({train[i].label for i in fit_idx}) < 2:
-            raise UsageError(f"{dataset} fold {fold.fold}: {len(train)} training samples in the cache are too few for "
-                             f"a validation carve (fit {len(fit_idx)}, val {len(val_idx)}, need two classes to fit)")
+            raise UsageError(
+                f"{dataset} fold {fold.fold}: {len(train)} training samples in the cache are too few for "
+                f"a validation carve (fit {len(fit_idx)}, val {len(val_idx)}, need two classes to fit)"
+            )
         tr = {k: v[[row[s.clip_id] for s in train]] for k, v in feats.items()}
         te = {k: v[[row[s.clip_id] for s in test]] for k, v in feats.items()}
         y_tr = np.array([s.label for s in train], dtype=object if ds.metric == "map" else int)
@@ -125,22 +152,51 @@ def run(encoder: str, dataset: str, protocol: str, data: str, output: str, *, ro
         elif protocol == "svm":
             r = eval_protocols.svm(tr, y_tr, te, y_te, fit_idx, val_idx, [float(c) for c in settings["C"]])
         else:
-            r = eval_protocols.linear(tr, y_tr, te, y_te, fit_idx, val_idx, epochs=settings.get("epochs", 50),
-                                      lr=float(settings.get("lr", 1e-3)), dropout=settings.get("dropout", 0.0),
-                                      weight_decay=float(settings.get("weight_decay", 0.0)),
-                                      multilabel=ds.metric == "map")
-        results.append({"fold": fold.fold, **r, "selected_on": "val", "n_train": len(train), "n_test": len(test),
-                        "n_val": len(val_idx), "missing_in_cache": len(fold.train) + len(fold.test) - len(train) - len(test)})
+            r = eval_protocols.linear(
+                tr,
+                y_tr,
+                te,
+                y_te,
+                fit_idx,
+                val_idx,
+                epochs=settings.get("epochs", 50),
+                lr=float(settings.get("lr", 1e-3)),
+                dropout=settings.get("dropout", 0.0),
+                weight_decay=float(settings.get("weight_decay", 0.0)),
+                multilabel=ds.metric == "map",
+            )
+        results.append(
+            {
+                "fold": fold.fold,
+                **r,
+                "selected_on": "val",
+                "n_train": len(train),
+                "n_test": len(test),
+                "n_val": len(val_idx),
+                "missing_in_cache": len(fold.train) + len(fold.test) - len(train) - len(test),
+            }
+        )
     key = ds.metric
     scores = [r[key] for r in results]
     paper = [r["paper_style"][key] for r in results]
     metrics = {
-        "dataset": dataset, "protocol": protocol, "role": role, "features": features, "metric": key,
+        "dataset": dataset,
+        "protocol": protocol,
+        "role": role,
+        "features": features,
+        "metric": key,
         "encoder": str(bundle) if features != "logmel-stats" else None,
         "encoder_digest": source.digest("audio" if ds.modality == "audio" else "video"),
-        "preset": preset, "variant": _variant(bundle, features), "folds": results, "mean": float(np.mean(scores)), "std": float(np.std(scores)),
+        "preset": preset,
+        "variant": _variant(bundle, features),
+        "folds": results,
+        "mean": float(np.mean(scores)),
+        "std": float(np.std(scores)),
         "paper_style": {"rule": PAPER_RULE, "mean": float(np.mean(paper)), "std": float(np.std(paper))},
-        "settings": settings, "smoke": ds.smoke, "shuffled_labels": shuffle_labels, "wall_s": round(time.time() - started, 1),
+        "settings": settings,
+        "smoke": ds.smoke,
+        "shuffled_labels": shuffle_labels,
+        "wall_s": round(time.time() - started, 1),
     }
     if ds.smoke:
         metrics["note"] = f"smoke test of the code path on {len(ids)} sample clips, not a benchmark"
@@ -156,14 +212,21 @@ def _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_paren
     parent = tracking.parent_run_id(create=True, cli_value=mlflow_parent)
     name = f"evaluate:{dataset}-{protocol}" + ("" if features == "encoder" else f"-{features}")
     with tracking.step_run(name, parent, tags={"xkd.dataset": dataset, "xkd.protocol": protocol}) as run:
-        tracking.log_params_flat({k: metrics[k] for k in ("dataset", "protocol", "role", "features", "preset",
-                                                          "settings", "encoder_digest")})
+        tracking.log_params_flat(
+            {k: metrics[k] for k in ("dataset", "protocol", "role", "features", "preset", "settings", "encoder_digest")}
+        )
         with tracking.MetricLogger(run.info.run_id) as logger:
             key = metrics["metric"]
             for f in metrics["folds"]:
                 logger.log(f["fold"], **{key: f[key], f"paper_style_{key}": f["paper_style"][key]})
-            logger.log(0, **{f"mean_{key}": metrics["mean"], f"std_{key}": metrics["std"],
-                             f"paper_style_mean_{key}": metrics["paper_style"]["mean"]})
+            logger.log(
+                0,
+                **{
+                    f"mean_{key}": metrics["mean"],
+                    f"std_{key}": metrics["std"],
+                    f"paper_style_mean_{key}": metrics["paper_style"]["mean"],
+                },
+            )
         caches = {n: str(p) for n, p in (("clips", clips), ("spectrograms", specs)) if p is not None}
         lineage.log_lineage(lineage.collect(caches=caches))
         mlflow.log_artifact(str(out / "metrics.json"))
@@ -195,13 +258,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feature-cache", default=None, help="where frozen features are cached (default DATA/features)")
     ap.add_argument("--mlflow-parent", default=None)
     args = ap.parse_args(argv)
-    m = run(args.encoder, args.dataset, args.protocol, args.data, args.output, role=args.role,
-            folds=_folds(args.folds), preset=args.preset, mlflow_parent=args.mlflow_parent,
-            features=args.features, config=args.config, feature_cache=args.feature_cache,
-            shuffle_labels=args.shuffle_labels)
-    print(f"{args.dataset} {args.protocol} ({args.features}, {m['role']}): {m['metric']} {m['mean']:.1f} "
-          f"+- {m['std']:.1f} (val-selected); paper-style {m['paper_style']['mean']:.1f}"
-          + (f"  [{m['note']}]" if m.get("note") else ""), file=sys.stderr)
+    m = run(
+        args.encoder,
+        args.dataset,
+        args.protocol,
+        args.data,
+        args.output,
+        role=args.role,
+        folds=_folds(args.folds),
+        preset=args.preset,
+        mlflow_parent=args.mlflow_parent,
+        features=args.features,
+        config=args.config,
+        feature_cache=args.feature_cache,
+        shuffle_labels=args.shuffle_labels,
+    )
+    print(
+        f"{args.dataset} {args.protocol} ({args.features}, {m['role']}): {m['metric']} {m['mean']:.1f} "
+        f"+- {m['std']:.1f} (val-selected); paper-style {m['paper_style']['mean']:.1f}"
+        + (f"  [{m['note']}]" if m.get("note") else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -10,12 +10,13 @@ input root and cut into N contiguous, equal runs, so sizes differ by at most one
 moves at most ~N others to another partition (each partition cache stays incremental on re-runs).
 
 Merging keeps the shards where they are and points at them: the merged manifest's `shard` is the path
-relative to the merged directory (e.g. `part-001/shard-000000.tar`), which `components.cache` readers
+relative to the merged directory (e.g. `part-001/shard-000000.tar`), which `xkd.data.cache` readers
 resolve unchanged. Moving ~150 GB (K400) would cost a full copy on most PVCs and would destroy each
 partition's incremental state; referencing costs nothing, so partitions must sit inside (or beside) the
 merged directory. Clip ids are recomputed over the union of sources (the same rule as one run over all
 inputs), because a partition holding only files of one sub-folder would otherwise shorten its ids.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from components.cache_builder import MANIFEST, REPORT, read_manifest, read_report
-from components.errors import UsageError, cli
-from components.inputs import clip_ids, discover
-from components.shards import shard_files
+from xkd.data.cache_build import MANIFEST, REPORT, read_manifest, read_report
+from xkd.data.inputs import clip_ids, discover
+from xkd.data.shards import shard_files
+from xkd.errors import UsageError, cli
 
 
 def _key(source: str, path: Path, root: Path | None) -> str:
@@ -50,7 +51,7 @@ def partition(keys: list[str], parts: int) -> list[list[int]]:
     out, start = [], 0
     for p in range(parts):
         size = base + (1 if p < extra else 0)
-        out.append(sorted(order[start:start + size]))
+        out.append(sorted(order[start : start + size]))
         start += size
     return out
 
@@ -88,8 +89,15 @@ def merge(output: str | os.PathLike, partitions: list[str | os.PathLike]) -> dic
         for e in read_manifest(part):
             entries.append({**e, "shard": f"{rel}/{e['shard']}"})
         rejected += [{**r, "partition": rel} for r in report["rejected"]]
-        parts_info.append({"dir": rel, "inputs": report["inputs"], "ok": report["ok"],
-                           "rejected": len(report["rejected"]), "shards": [p.name for p in shard_files(part)]})
+        parts_info.append(
+            {
+                "dir": rel,
+                "inputs": report["inputs"],
+                "ok": report["ok"],
+                "rejected": len(report["rejected"]),
+                "shards": [p.name for p in shard_files(part)],
+            }
+        )
     ids = clip_ids([Path(e["source"]) for e in entries] + [Path(r["path"]) for r in rejected])
     for e, cid in zip(entries, ids):
         if e["clip_id"] != cid:
@@ -98,8 +106,10 @@ def merge(output: str | os.PathLike, partitions: list[str | os.PathLike]) -> dic
     seen: dict[str, str] = {}
     for e in entries:
         if e["clip_id"] in seen:
-            raise UsageError(f"clip {e['clip_id']!r} is in two partitions ({seen[e['clip_id']]}, {e['shard']}); "
-                             "partitions must not overlap")
+            raise UsageError(
+                f"clip {e['clip_id']!r} is in two partitions ({seen[e['clip_id']]}, {e['shard']}); "
+                "partitions must not overlap"
+            )
         seen[e["clip_id"]] = e["shard"]
     entries.sort(key=lambda e: e["clip_id"])
     codes: dict[str, int] = {}
@@ -108,24 +118,35 @@ def merge(output: str | os.PathLike, partitions: list[str | os.PathLike]) -> dic
     shard_bytes = sum((output / e).stat().st_size for e in {x["shard"] for x in entries})
     media_s = sum(e.get("duration_s") or 0.0 for e in entries)
     merged = {
-        "inputs": sum(p["inputs"] for p in parts_info), "ok": len(entries), "rejected": rejected,
-        "rejected_by_code": codes, "params": params[2], "params_digest": params[1], "partitions": parts_info,
-        "shard_bytes": shard_bytes, "media_seconds": round(media_s, 3),
+        "inputs": sum(p["inputs"] for p in parts_info),
+        "ok": len(entries),
+        "rejected": rejected,
+        "rejected_by_code": codes,
+        "params": params[2],
+        "params_digest": params[1],
+        "partitions": parts_info,
+        "shard_bytes": shard_bytes,
+        "media_seconds": round(media_s, 3),
         "bytes_per_media_second": round(shard_bytes / media_s, 1) if media_s else None,
     }
     if merged["inputs"] != merged["ok"] + len(rejected):
-        raise UsageError(f"partition reports do not add up: inputs {merged['inputs']} != ok {merged['ok']} + "
-                         f"rejected {len(rejected)}")
-    for name, text in ((MANIFEST, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)),
-                       (REPORT, json.dumps(merged, indent=2, sort_keys=True) + "\n")):
+        raise UsageError(
+            f"partition reports do not add up: inputs {merged['inputs']} != ok {merged['ok']} + "
+            f"rejected {len(rejected)}"
+        )
+    for name, text in (
+        (MANIFEST, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)),
+        (REPORT, json.dumps(merged, indent=2, sort_keys=True) + "\n"),
+    ):
         tmp = output / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(output / name)  # atomic: readers never see half a manifest
     return merged
 
 
-def pod_hours(clips: int = 240_000, seconds_per_clip: float = 10.0, media_s_per_s_per_core: float = 30.0,
-              cores_per_pod: int = 1) -> float:
+def pod_hours(
+    clips: int = 240_000, seconds_per_clip: float = 10.0, media_s_per_s_per_core: float = 30.0, cores_per_pod: int = 1
+) -> float:
     """Pod-hours to extract `clips` x `seconds_per_clip` of media at the measured per-core speed
     (extraction is one ffmpeg process per file, so it scales with cores; I/O is assumed not to bind)."""
     return clips * seconds_per_clip / (media_s_per_s_per_core * cores_per_pod) / 3600.0
@@ -167,14 +188,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{f}\t{sum(1 for _ in open(f))} files")
     elif args.cmd == "merge":
         r = merge(args.output, args.partitions)
-        print(f"{args.output}: {r['inputs']} inputs = {r['ok']} ok + {len(r['rejected'])} rejected "
-              f"from {len(r['partitions'])} partitions")
+        print(
+            f"{args.output}: {r['inputs']} inputs = {r['ok']} ok + {len(r['rejected'])} rejected "
+            f"from {len(r['partitions'])} partitions"
+        )
     else:
         speed = args.speed if args.speed is not None else measure_speed(args.measure or "data/samples/av")
         hours = pod_hours(args.clips, args.seconds, speed, args.cores_per_pod)
-        print(f"{args.clips} clips x {args.seconds:g} s = {args.clips * args.seconds / 3600:.0f} media-hours at "
-              f"{speed:.1f} media-s/s/core, {args.cores_per_pod} core(s)/pod: {hours:.1f} pod-hours "
-              f"({hours * args.cores_per_pod:.1f} core-hours)")
+        print(
+            f"{args.clips} clips x {args.seconds:g} s = {args.clips * args.seconds / 3600:.0f} media-hours at "
+            f"{speed:.1f} media-s/s/core, {args.cores_per_pod} core(s)/pod: {hours:.1f} pod-hours "
+            f"({hours * args.cores_per_pod:.1f} core-hours)"
+        )
     return 0
 
 

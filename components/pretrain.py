@@ -8,6 +8,7 @@ clear error otherwise); a run killed at any moment and restarted with the same c
 same weights, bit for bit, as an uninterrupted one (CPU): data views are seeded per (seed, epoch, sample
 position), masks per (seed, step, rank, micro-step), and checkpoints are atomic.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import model as xkd_model
-from components import checkpoint, lineage, tracking
-from components.errors import UsageError, cli
-from components.photometric import finish_batch
-from components.plots import plot_loss_curves
-from components.pretrain_data import EpochSampler, PretrainDataset, ViewConfig, collate, sample_seed
-from components.train_config import PretrainConfig, load_config
+from xkd.data.photometric import finish_batch
+from xkd.data.pretrain_dataset import EpochSampler, PretrainDataset, ViewConfig, collate, sample_seed
+from xkd.errors import UsageError, cli
+from xkd.tracking import lineage
+from xkd.tracking import runs as tracking
+from xkd.tracking.plots import plot_loss_curves
+from xkd.train import checkpoint
+from xkd.train.config import PretrainConfig, load_config
 
 LOSS_TERMS = ("total", "rec_v", "rec_a", "rec", "kd_vt2as", "kd_at2vs", "kd", "mmd_student", "mmd_teacher", "da")
 
@@ -102,8 +105,10 @@ def prepare_output(output: Path, cfg: PretrainConfig, main: bool) -> dict:
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         if previous["config_hash"] != digest:
-            raise UsageError(f"{output} holds a run with another config (hash {previous['config_hash']} != {digest}); "
-                             "use the same config to resume, or a new --output")
+            raise UsageError(
+                f"{output} holds a run with another config (hash {previous['config_hash']} != {digest}); "
+                "use the same config to resume, or a new --output"
+            )
         return previous
     state = {"config_hash": digest}
     if main:
@@ -113,8 +118,16 @@ def prepare_output(output: Path, cfg: PretrainConfig, main: bool) -> dict:
     return state
 
 
-def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_steps: int | None = None,
-        overrides: list[str] = (), mlflow_parent: str | None = None) -> Path:
+def run(
+    config: str,
+    clips: str,
+    spectrograms: str | None,
+    output: str,
+    *,
+    max_steps: int | None = None,
+    overrides: list[str] = (),
+    mlflow_parent: str | None = None,
+) -> Path:
     """Pretrain; returns the final encoder bundle directory (`output/final`)."""
     overrides = list(overrides) + ([f"train.max_steps={max_steps}"] if max_steps is not None else [])
     cfg = load_config(config, overrides)
@@ -123,14 +136,19 @@ def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_s
     state = prepare_output(out, cfg, ddp.main)
     ddp.barrier()
     torch.manual_seed(cfg.train.seed)
-    net = xkd_model.build(cfg.model).to(ddp.device)   # same seed: the same initial weights on every rank
-    opt = xkd_model.build_optimizer(net, cfg.model.lr, cfg.model.weight_decay, cfg.model.betas,
-                                    cfg.model.decay_pos_tokens)
+    net = xkd_model.build(cfg.model).to(ddp.device)  # same seed: the same initial weights on every rank
+    opt = xkd_model.build_optimizer(
+        net, cfg.model.lr, cfg.model.weight_decay, cfg.model.betas, cfg.model.decay_pos_tokens
+    )
     autocast, scaler, precision = autocast_and_scaler(cfg, ddp.device)
 
-    views = ViewConfig(video_local_views=cfg.model.video_local_views, audio_local_views=cfg.model.audio_local_views,
-                       audio_source=cfg.data.audio_source, blur_sigma=cfg.data.blur_sigma,
-                       on_unreadable=cfg.data.on_unreadable)
+    views = ViewConfig(
+        video_local_views=cfg.model.video_local_views,
+        audio_local_views=cfg.model.audio_local_views,
+        audio_source=cfg.data.audio_source,
+        blur_sigma=cfg.data.blur_sigma,
+        on_unreadable=cfg.data.on_unreadable,
+    )
     full = PretrainDataset(clips, spectrograms, views, seed=cfg.train.seed)
     train_ids, held_ids = holdout_split(full.ids, cfg.data.holdout_fraction, cfg.data.holdout_min)
     data = PretrainDataset(clips, spectrograms, views, seed=cfg.train.seed, clip_ids=train_ids)
@@ -138,8 +156,10 @@ def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_s
     t = cfg.train
     batches_per_epoch = len(sampler) // t.batch_size
     if batches_per_epoch < t.accumulate:
-        raise UsageError(f"{len(data)} training clips over {ddp.world} process(es) give {batches_per_epoch} batches "
-                         f"of {t.batch_size} per epoch; need at least train.accumulate={t.accumulate}")
+        raise UsageError(
+            f"{len(data)} training clips over {ddp.world} process(es) give {batches_per_epoch} batches "
+            f"of {t.batch_size} per epoch; need at least train.accumulate={t.accumulate}"
+        )
     steps_per_epoch = batches_per_epoch // t.accumulate
     total = t.max_steps or cfg.model.epochs * steps_per_epoch
     eff_batch = t.batch_size * t.accumulate * ddp.world
@@ -159,8 +179,9 @@ def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_s
             scaler.load_state_dict(trainer["scaler"])
     step, epoch, batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
     if ddp.main:
-        (out / "holdout.json").write_text(json.dumps({"train": train_ids, "holdout": held_ids,
-                                                      "excluded": full.excluded}, indent=2) + "\n")
+        (out / "holdout.json").write_text(
+            json.dumps({"train": train_ids, "holdout": held_ids, "excluded": full.excluded}, indent=2) + "\n"
+        )
 
     model = torch.nn.parallel.DistributedDataParallel(net) if ddp.world > 1 else net
     clip_params = net.student_parameters_for_clipping()
@@ -169,14 +190,26 @@ def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_s
         tracking.connect()  # an unreachable store is one clear error now, not lost metrics later
     parent = tracking.parent_run_id(create=True, cli_value=mlflow_parent) if ddp.main else None
     run_ctx = tracking.step_run("pretrain", parent, run_id=run_id, log_system_metrics=ddp.device.type == "cuda")
-    with (run_ctx if ddp.main else contextlib.nullcontext()) as run:
+    with run_ctx if ddp.main else contextlib.nullcontext() as run:
         logger = None
         if ddp.main:
             if run_id is None:
-                tracking.log_params_flat({**cfg.to_dict(), "derived": {
-                    "world_size": ddp.world, "effective_batch": eff_batch, "base_lr": base_lr, "total_steps": total,
-                    "warmup_steps": warmup, "precision": precision, "train_clips": len(data),
-                    "holdout_clips": len(held_ids), "excluded_no_audio": len(full.excluded["no_audio"])}})
+                tracking.log_params_flat(
+                    {
+                        **cfg.to_dict(),
+                        "derived": {
+                            "world_size": ddp.world,
+                            "effective_batch": eff_batch,
+                            "base_lr": base_lr,
+                            "total_steps": total,
+                            "warmup_steps": warmup,
+                            "precision": precision,
+                            "train_clips": len(data),
+                            "holdout_clips": len(held_ids),
+                            "excluded_no_audio": len(full.excluded["no_audio"]),
+                        },
+                    }
+                )
                 caches = {"clips": clips, **({"spectrograms": spectrograms} if spectrograms else {})}
                 lineage.log_lineage(lineage.collect(caches=caches))
             state["mlflow_run_id"] = run.info.run_id
@@ -194,7 +227,7 @@ def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_s
                 inputs = finish_batch(batch, ddp.device)
                 g = torch.Generator(ddp.device).manual_seed(sample_seed(t.seed, step, ddp.rank * t.accumulate + micro))
                 sync = micro == t.accumulate - 1 or ddp.world == 1
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
+                with contextlib.nullcontext() if sync else model.no_sync(), autocast():
                     losses = model(inputs, epoch=step * cfg.model.epochs // total, generator=g)
                 loss = losses["total"] / t.accumulate
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -203,8 +236,10 @@ def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_s
             terms = ddp.mean(terms)
             bad = [k for k, v in zip(LOSS_TERMS, terms.tolist()) if not torch.isfinite(torch.tensor(v))]
             if bad:
-                raise FloatingPointError(f"non-finite loss at step {step}: {', '.join(bad)} "
-                                         f"({dict(zip(LOSS_TERMS, terms.tolist()))}); stopping")
+                raise FloatingPointError(
+                    f"non-finite loss at step {step}: {', '.join(bad)} "
+                    f"({dict(zip(LOSS_TERMS, terms.tolist()))}); stopping"
+                )
             for i, group in enumerate(opt.param_groups):
                 group["lr"] = float(lrs[step])
                 group["weight_decay"] = 0.0 if i == 0 else cfg.model.weight_decay
@@ -226,10 +261,18 @@ def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_s
             if ddp.main:
                 now = time.time()
                 tv, ta = net.teacher_temperatures(step * cfg.model.epochs // total)
-                metrics = {**dict(zip(LOSS_TERMS, terms.tolist())), "lr": float(lrs[step - 1]),
-                           "ema_momentum": float(emas[step - 1]), "teacher_temp_video": tv, "teacher_temp_audio": ta,
-                           "grad_norm": grad_norm, "clips_per_s": eff_batch / max(now - tick, 1e-9),
-                           "padded_video": float(flags[0]), "padded_audio": float(flags[1]), "skipped": float(flags[2])}
+                metrics = {
+                    **dict(zip(LOSS_TERMS, terms.tolist())),
+                    "lr": float(lrs[step - 1]),
+                    "ema_momentum": float(emas[step - 1]),
+                    "teacher_temp_video": tv,
+                    "teacher_temp_audio": ta,
+                    "grad_norm": grad_norm,
+                    "clips_per_s": eff_batch / max(now - tick, 1e-9),
+                    "padded_video": float(flags[0]),
+                    "padded_audio": float(flags[1]),
+                    "skipped": float(flags[2]),
+                }
                 tick = now
                 if step % t.log_every == 0 or step == total:
                     logger.log(step, **metrics)
@@ -237,15 +280,27 @@ def run(config: str, clips: str, spectrograms: str | None, output: str, *, max_s
                         fh.write(json.dumps({"step": step, **metrics}) + "\n")
                 bar.set_postfix(loss=f"{metrics['total']:.3f}", clips_s=f"{metrics['clips_per_s']:.1f}")
                 bar.update()
-                due = step % cfg.checkpoint.every_steps == 0 or step == total or \
-                    now - last_ckpt >= 60 * cfg.checkpoint.every_minutes
+                due = (
+                    step % cfg.checkpoint.every_steps == 0
+                    or step == total
+                    or now - last_ckpt >= 60 * cfg.checkpoint.every_minutes
+                )
                 if due:
                     logger.flush()
-                    checkpoint.save(out, net, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch + 1,
-                                               "optimizer": opt.state_dict(), "config_hash": state["config_hash"],
-                                               "mlflow_run_id": state["mlflow_run_id"],
-                                               **({"scaler": scaler.state_dict()} if scaler else {})},
-                                    cfg.checkpoint.keep)
+                    checkpoint.save(
+                        out,
+                        net,
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "batch_in_epoch": batch_in_epoch + 1,
+                            "optimizer": opt.state_dict(),
+                            "config_hash": state["config_hash"],
+                            "mlflow_run_id": state["mlflow_run_id"],
+                            **({"scaler": scaler.state_dict()} if scaler else {}),
+                        },
+                        cfg.checkpoint.keep,
+                    )
                     last_ckpt = now
         bar.close()
         ddp.barrier()
@@ -262,8 +317,15 @@ def _batches(data, sampler, t, epoch: int, start_batch: int):
     """Endless (epoch, batch index in epoch, batch) stream from a resumable position."""
     while True:
         sampler.set_epoch(epoch, start=start_batch * t.batch_size)
-        loader = DataLoader(data, batch_size=t.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
-                            num_workers=t.workers, persistent_workers=False)
+        loader = DataLoader(
+            data,
+            batch_size=t.batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            drop_last=True,
+            num_workers=t.workers,
+            persistent_workers=False,
+        )
         for i, batch in enumerate(loader, start=start_batch):
             yield epoch, i, batch
         epoch, start_batch = epoch + 1, 0
@@ -285,11 +347,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True)
     ap.add_argument("--max-steps", type=int, default=None, help="schedule length in optimiser steps")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    ap.add_argument("--mlflow-parent", default=None, help="parent MLflow run id (else MLFLOW_PARENT_RUN_ID / "
-                                                          "outputs/mlflow_parent.json)")
+    ap.add_argument(
+        "--mlflow-parent",
+        default=None,
+        help="parent MLflow run id (else MLFLOW_PARENT_RUN_ID / outputs/mlflow_parent.json)",
+    )
     args = ap.parse_args(argv)
-    final = run(args.config, args.clips, args.spectrograms, args.output, max_steps=args.max_steps,
-                overrides=args.overrides, mlflow_parent=args.mlflow_parent)
+    final = run(
+        args.config,
+        args.clips,
+        args.spectrograms,
+        args.output,
+        max_steps=args.max_steps,
+        overrides=args.overrides,
+        mlflow_parent=args.mlflow_parent,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"final encoder bundle: {final}", file=sys.stderr)
     return 0

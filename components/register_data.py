@@ -13,6 +13,7 @@ belong in the committed config.
 Missing files are counted, never fatal (K400 copies always miss some); a copy holding none of the listed
 files is refused, since that is nearly always the wrong folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,17 +24,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.errors import UsageError, cli
 from components.splits import DATASETS, summary_line, validate
+from xkd.errors import UsageError, cli
+from xkd.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DVC_TIMEOUT_S = 24 * 3600  # a first push of K400 to a bucket takes hours; a hung dvc still ends
 
 
 def _dvc(repo: Path, *args: str, timeout: float = DVC_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise UsageError(f"`dvc {' '.join(args)}` failed in {repo}: {' | '.join(tail)}")
@@ -92,8 +94,17 @@ def ensure_remote(repo: Path, remote: str | None) -> str:
     return "xkd-local"
 
 
-def run(dataset: str, src: str, *, repo: str | os.PathLike = REPO, split: int | None = None, link: str = "copy",
-        remote: str | None = None, push: bool = True, report: str | None = None) -> dict:
+def run(
+    dataset: str,
+    src: str,
+    *,
+    repo: str | os.PathLike = REPO,
+    split: int | None = None,
+    link: str = "copy",
+    remote: str | None = None,
+    push: bool = True,
+    report: str | None = None,
+) -> dict:
     """Validate, mirror to data/raw/<dataset>, dvc add, dvc push. Returns a summary (also for lineage)."""
     repo, src_path = Path(repo), Path(src)
     if not dataset or "/" in dataset or dataset.startswith("."):
@@ -107,22 +118,27 @@ def run(dataset: str, src: str, *, repo: str | os.PathLike = REPO, split: int | 
         check = validate(dataset, src_path, split)
         print(summary_line(check), file=sys.stderr)
         if check["found"] == 0:
-            raise UsageError(f"none of the {check['listed']} files listed for {dataset} is under {src}; "
-                             "is SRC the dataset's top folder?")
-        summary["validation"] = {k: check[k] for k in ("split", "listed", "found", "missing", "by_subset",
-                                                       "unlisted_files")}
+            raise UsageError(
+                f"none of the {check['listed']} files listed for {dataset} is under {src}; "
+                "is SRC the dataset's top folder?"
+            )
+        summary["validation"] = {
+            k: check[k] for k in ("split", "listed", "found", "missing", "by_subset", "unlisted_files")
+        }
         if report:
             Path(report).write_text(json.dumps({k: v for k, v in check.items() if k != "matched"}, indent=2))
     else:
-        print(f"warning: no split lists for {dataset!r} (known: {', '.join(DATASETS)}); registering unchecked",
-              file=sys.stderr)
+        print(
+            f"warning: no split lists for {dataset!r} (known: {', '.join(DATASETS)}); registering unchecked",
+            file=sys.stderr,
+        )
     dest = repo / "data" / "raw" / dataset
     dest.mkdir(parents=True, exist_ok=True)
     if src_path.resolve() != dest.resolve():
         summary["mirror"] = mirror(src_path, dest, link)
     _dvc(repo, "add", str(dest.relative_to(repo)))
     pointer = dest.parent / f"{dataset}.dvc"
-    from components.lineage import dvc_recorded_md5
+    from xkd.tracking.lineage import dvc_recorded_md5
 
     summary["md5"] = (dvc_recorded_md5(dest, repo) or {}).get("md5")
     summary["pointer"] = str(pointer.relative_to(repo))
@@ -139,18 +155,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True, help=f"dataset name ({', '.join(DATASETS)} are validated)")
     ap.add_argument("--src", required=True, help="the folder holding your copy of the dataset")
     ap.add_argument("--split", type=int, default=None, help="split list to validate against (default 1)")
-    ap.add_argument("--link", default="copy", choices=("copy", "hardlink"),
-                    help="hardlink saves space on one filesystem; then never edit files in SRC in place")
+    ap.add_argument(
+        "--link",
+        default="copy",
+        choices=("copy", "hardlink"),
+        help="hardlink saves space on one filesystem; then never edit files in SRC in place",
+    )
     ap.add_argument("--remote", default=None, help="local folder or URL for a new default DVC remote")
     ap.add_argument("--no-push", action="store_true", help="dvc add only")
     ap.add_argument("--report", default=None, help="write the validation report (every missing file) here")
     ap.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    s = run(args.dataset, args.src, repo=args.repo, split=args.split, link=args.link, remote=args.remote,
-            push=not args.no_push, report=args.report)
+    s = run(
+        args.dataset,
+        args.src,
+        repo=args.repo,
+        split=args.split,
+        link=args.link,
+        remote=args.remote,
+        push=not args.no_push,
+        report=args.report,
+    )
     where = f"pushed to DVC remote {s['remote']!r}" if s["pushed"] else "not pushed (--no-push)"
-    print(f"{s['dataset']}: data/raw/{s['dataset']} md5 {s['md5']}, {where}. Commit the pointer:\n"
-          f"  git add {s['pointer']} data/raw/.gitignore && git commit -m 'data: register {s['dataset']}'")
+    print(
+        f"{s['dataset']}: data/raw/{s['dataset']} md5 {s['md5']}, {where}. Commit the pointer:\n"
+        f"  git add {s['pointer']} data/raw/.gitignore && git commit -m 'data: register {s['dataset']}'"
+    )
     return 0
 
 

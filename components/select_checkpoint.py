@@ -9,6 +9,7 @@ seeded views and masks. The teacher is scored by putting its encoders and heads 
 `OUTPUT/selection.json` (every candidate's score, the winner, the rule), `OUTPUT/bundle/` (the winner's
 encoder bundle) and registers it as a new version of `xkd-encoder` with alias `champion`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,11 +24,13 @@ import yaml
 from tqdm import tqdm
 
 import model as xkd_model
-from components import checkpoint, lineage, registry, tracking
-from components.errors import UsageError, cli
-from components.photometric import finish_batch
-from components.pretrain_data import PretrainDataset, ViewConfig, collate, sample_seed
-from components.train_config import build_config
+from xkd.data.photometric import finish_batch
+from xkd.data.pretrain_dataset import PretrainDataset, ViewConfig, collate, sample_seed
+from xkd.errors import UsageError, cli
+from xkd.tracking import lineage, registry
+from xkd.tracking import runs as tracking
+from xkd.train import checkpoint
+from xkd.train.config import build_config
 
 RULE = "min held-out XKD loss (label-free), student and EMA teacher, every kept checkpoint"
 
@@ -54,22 +57,35 @@ def validation_loss(net: xkd_model.XKD, batches: list[dict], seed: int) -> float
     return total / len(batches)
 
 
-def run(pretrain: str, clips: str, spectrograms: str | None, output: str, *, batch_size: int = 2,
-        register: bool = True, mlflow_parent: str | None = None) -> dict:
+def run(
+    pretrain: str,
+    clips: str,
+    spectrograms: str | None,
+    output: str,
+    *,
+    batch_size: int = 2,
+    register: bool = True,
+    mlflow_parent: str | None = None,
+) -> dict:
     pre, out = Path(pretrain), Path(output)
     ckpts = checkpoint.checkpoint_dirs(pre)
     if not ckpts:
         raise UsageError(f"no checkpoint in {pre / 'checkpoints'}; run components.pretrain first")
     held = json.loads((pre / "holdout.json").read_text())["holdout"] if (pre / "holdout.json").exists() else []
     if not held:
-        raise UsageError(f"{pre} held out no clips (data.holdout_fraction = 0): nothing to score on without "
-                         "touching a test split; pretrain with a hold-out")
+        raise UsageError(
+            f"{pre} held out no clips (data.holdout_fraction = 0): nothing to score on without "
+            "touching a test split; pretrain with a hold-out"
+        )
     cfg = build_config(yaml.safe_load((pre / "config.yaml").read_text()))
-    views = ViewConfig(video_local_views=cfg.model.video_local_views, audio_source=cfg.data.audio_source,
-                       blur_sigma=cfg.data.blur_sigma)
+    views = ViewConfig(
+        video_local_views=cfg.model.video_local_views,
+        audio_source=cfg.data.audio_source,
+        blur_sigma=cfg.data.blur_sigma,
+    )
     data = PretrainDataset(clips, spectrograms, views, seed=cfg.train.seed, clip_ids=held)
     samples = [data[(i, 0, i)] for i in range(len(data))]
-    batches = [finish_batch(collate(samples[i: i + batch_size])) for i in range(0, len(samples), batch_size)]
+    batches = [finish_batch(collate(samples[i : i + batch_size])) for i in range(0, len(samples), batch_size)]
 
     candidates = []
     for ck in tqdm(ckpts, desc="score checkpoints", unit="ckpt"):
@@ -79,15 +95,27 @@ def run(pretrain: str, clips: str, spectrograms: str | None, output: str, *, bat
             xkd_model.load_state(net, ck / "model.safetensors")
             if role == "teacher":
                 _use_teacher_as_student(net)
-            candidates.append({"checkpoint": ck.name, "step": step, "role": role,
-                               "val_loss": validation_loss(net, batches, cfg.train.seed)})
+            candidates.append(
+                {
+                    "checkpoint": ck.name,
+                    "step": step,
+                    "role": role,
+                    "val_loss": validation_loss(net, batches, cfg.train.seed),
+                }
+            )
     winner = min(candidates, key=lambda c: (c["val_loss"], -c["step"], c["role"]))
     out.mkdir(parents=True, exist_ok=True)
     bundle = out / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
     shutil.copytree(pre / "checkpoints" / winner["checkpoint"] / "bundle", bundle)
-    selection = {"rule": RULE, "holdout_clips": held, "candidates": candidates, "winner": winner,
-                 "bundle": str(bundle), "role": winner["role"]}
+    selection = {
+        "rule": RULE,
+        "holdout_clips": held,
+        "candidates": candidates,
+        "winner": winner,
+        "bundle": str(bundle),
+        "role": winner["role"],
+    }
 
     tracking.connect()
     parent = tracking.parent_run_id(create=True, cli_value=mlflow_parent)
@@ -95,14 +123,28 @@ def run(pretrain: str, clips: str, spectrograms: str | None, output: str, *, bat
         with tracking.MetricLogger(run.info.run_id) as logger:
             for c in candidates:
                 logger.log(c["step"], **{f"val_loss_{c['role']}": c["val_loss"]})
-        tracking.log_params_flat({"rule": RULE, "holdout_clips": len(held), "candidates": len(candidates),
-                                  "winner": f"{winner['checkpoint']}/{winner['role']}"})
+        tracking.log_params_flat(
+            {
+                "rule": RULE,
+                "holdout_clips": len(held),
+                "candidates": len(candidates),
+                "winner": f"{winner['checkpoint']}/{winner['role']}",
+            }
+        )
         records = lineage.collect(caches={"clips": clips, **({"spectrograms": spectrograms} if spectrograms else {})})
         lineage.log_lineage(records)
         if register:
-            version = registry.register_encoder(bundle, run.info.run_id, tags={
-                "role": winner["role"], "step": str(winner["step"]), "val_loss": f"{winner['val_loss']:.6f}",
-                "rule": RULE, "pretrain_run": json.loads((pre / "run.json").read_text()).get("mlflow_run_id", "")})
+            version = registry.register_encoder(
+                bundle,
+                run.info.run_id,
+                tags={
+                    "role": winner["role"],
+                    "step": str(winner["step"]),
+                    "val_loss": f"{winner['val_loss']:.6f}",
+                    "rule": RULE,
+                    "pretrain_run": json.loads((pre / "run.json").read_text()).get("mlflow_run_id", ""),
+                },
+            )
             lineage.tag_model_version(registry.NAME, version, records)
             selection["registered"] = {"name": registry.NAME, "version": int(version), "alias": registry.ALIAS}
         (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
@@ -121,14 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
     ap.add_argument("--mlflow-parent", default=None)
     args = ap.parse_args(argv)
-    sel = run(args.pretrain, args.clips, args.spectrograms, args.output, batch_size=args.batch_size,
-              register=not args.no_register, mlflow_parent=args.mlflow_parent)
+    sel = run(
+        args.pretrain,
+        args.clips,
+        args.spectrograms,
+        args.output,
+        batch_size=args.batch_size,
+        register=not args.no_register,
+        mlflow_parent=args.mlflow_parent,
+    )
     for c in sel["candidates"]:
         print(f"{c['checkpoint']} {c['role']:7s} val_loss {c['val_loss']:.4f}", file=sys.stderr)
     w = sel["winner"]
-    print(f"winner: {w['checkpoint']} {w['role']} ({w['val_loss']:.4f}) -> {sel['bundle']}"
-          + (f", registered {sel['registered']['name']} v{sel['registered']['version']} @champion"
-             if "registered" in sel else ""), file=sys.stderr)
+    print(
+        f"winner: {w['checkpoint']} {w['role']} ({w['val_loss']:.4f}) -> {sel['bundle']}"
+        + (
+            f", registered {sel['registered']['name']} v{sel['registered']['version']} @champion"
+            if "registered" in sel
+            else ""
+        ),
+        file=sys.stderr,
+    )
     return 0
 
 

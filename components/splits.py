@@ -19,6 +19,7 @@ stem, case-insensitively and ignoring the folder and extension: the official lis
 with the archives on case (UCF101's testlists say `v_HandstandPushups_*`, the files are
 `v_HandStandPushups_*`) and K400 mirrors differ in folder layout and container.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,18 +31,19 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from components.errors import UsageError, cli
+from xkd.errors import UsageError, cli
+from xkd.paths import SPLITS
 
-SPLITS_DIR = Path(__file__).resolve().parents[1] / "data" / "splits"
+SPLITS_DIR = SPLITS
 N_SPLITS = {"ucf101": 3, "hmdb51": 3, "esc50": 5, "kinetics_sound": 1, "kinetics400": 1, "fsd50k": 1}
 DATASETS = tuple(N_SPLITS)
 
 
 @dataclass(frozen=True)
 class SplitRow:
-    path: str     # relative to the dataset root, as the official list names it (POSIX separators)
-    label: str    # class name (FSD50K: the comma-separated label list)
-    subset: str   # train | val | test
+    path: str  # relative to the dataset root, as the official list names it (POSIX separators)
+    label: str  # class name (FSD50K: the comma-separated label list)
+    subset: str  # train | val | test
 
 
 def _lines(path: Path) -> list[str]:
@@ -78,10 +80,14 @@ def split_files(dataset: str, split: int | None = None, splits_dir: Path = SPLIT
 def _require(files: list[Path], dataset: str) -> None:
     missing = [str(f) for f in files if not f.is_file()]
     if missing or not files:
-        how = {"kinetics400": "copy the Kinetics-400 train/validate CSVs there (see data/splits/README.md)",
-               "fsd50k": "copy FSD50K.ground_truth/dev.csv and eval.csv there (see data/splits/README.md)"}
-        raise UsageError(f"split list(s) missing for {dataset}: {', '.join(missing) or 'none found'}; "
-                         f"{how.get(dataset, 'restore data/splits from git')}")
+        how = {
+            "kinetics400": "copy the Kinetics-400 train/validate CSVs there (see data/splits/README.md)",
+            "fsd50k": "copy FSD50K.ground_truth/dev.csv and eval.csv there (see data/splits/README.md)",
+        }
+        raise UsageError(
+            f"split list(s) missing for {dataset}: {', '.join(missing) or 'none found'}; "
+            f"{how.get(dataset, 'restore data/splits from git')}"
+        )
 
 
 def load_split(dataset: str, split: int | None = None, splits_dir: Path = SPLITS_DIR) -> list[SplitRow]:
@@ -121,8 +127,10 @@ def _hmdb51(files: list[Path], split: int) -> list[SplitRow]:
 
 def _esc50(files: list[Path], split: int) -> list[SplitRow]:
     with open(files[0], newline="") as fh:
-        return [SplitRow(f"audio/{r['filename']}", r["category"], "test" if int(r["fold"]) == split else "train")
-                for r in csv.DictReader(fh)]
+        return [
+            SplitRow(f"audio/{r['filename']}", r["category"], "test" if int(r["fold"]) == split else "train")
+            for r in csv.DictReader(fh)
+        ]
 
 
 def _kinetics_sound(files: list[Path], split: int) -> list[SplitRow]:
@@ -141,8 +149,10 @@ def _kinetics400(files: list[Path], split: int) -> list[SplitRow]:
             reader = csv.DictReader(fh)
             need = {"label", "youtube_id", "time_start", "time_end"}
             if not need <= set(reader.fieldnames or ()):
-                raise UsageError(f"{f}: expected the Kinetics CSV header label,youtube_id,time_start,time_end,"
-                                 f"split; got {reader.fieldnames}")
+                raise UsageError(
+                    f"{f}: expected the Kinetics CSV header label,youtube_id,time_start,time_end,"
+                    f"split; got {reader.fieldnames}"
+                )
             for r in reader:
                 stem = f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
                 rows.append(SplitRow(f"{r['label']}/{stem}.mp4", r["label"], subset))
@@ -159,8 +169,14 @@ def _fsd50k(files: list[Path], split: int) -> list[SplitRow]:
     return rows
 
 
-_LOADERS = {"ucf101": _ucf101, "hmdb51": _hmdb51, "esc50": _esc50, "kinetics_sound": _kinetics_sound,
-            "kinetics400": _kinetics400, "fsd50k": _fsd50k}
+_LOADERS = {
+    "ucf101": _ucf101,
+    "hmdb51": _hmdb51,
+    "esc50": _esc50,
+    "kinetics_sound": _kinetics_sound,
+    "kinetics400": _kinetics400,
+    "fsd50k": _fsd50k,
+}
 
 
 def counts(rows: list[SplitRow]) -> dict[str, int]:
@@ -187,8 +203,13 @@ def index_root(root: str | os.PathLike) -> tuple[set[str], dict[str, list[str]]]
     return paths, stems
 
 
-def validate(dataset: str, root: str | os.PathLike, split: int | None = None,
-             splits_dir: Path = SPLITS_DIR, max_listed: int | None = None) -> dict:
+def validate(
+    dataset: str,
+    root: str | os.PathLike,
+    split: int | None = None,
+    splits_dir: Path = SPLITS_DIR,
+    max_listed: int | None = None,
+) -> dict:
     """Which listed files a copy under `root` has; never raises for missing files, only counts them."""
     if not Path(root).is_dir():
         raise UsageError(f"dataset root is not a folder: {root}")
@@ -207,8 +228,12 @@ def validate(dataset: str, root: str | os.PathLike, split: int | None = None,
     listed = counts(rows)
     used = set(matched.values())
     return {
-        "dataset": dataset, "split": _check(dataset, split), "root": str(root),
-        "listed": sum(listed.values()), "found": sum(found.values()), "missing": len(missing),
+        "dataset": dataset,
+        "split": _check(dataset, split),
+        "root": str(root),
+        "listed": sum(listed.values()),
+        "found": sum(found.values()),
+        "missing": len(missing),
         "by_subset": {s: {"listed": n, "found": found[s], "missing": n - found[s]} for s, n in listed.items()},
         "missing_files": missing if max_listed is None else missing[:max_listed],
         "unlisted_files": len(paths - used),
@@ -218,9 +243,11 @@ def validate(dataset: str, root: str | os.PathLike, split: int | None = None,
 
 def summary_line(report: dict) -> str:
     parts = ", ".join(f"{s} {v['found']}/{v['listed']}" for s, v in report["by_subset"].items())
-    return (f"{report['dataset']} split {report['split']} in {report['root']}: {report['found']} of "
-            f"{report['listed']} listed files present ({parts}); {report['missing']} missing; "
-            f"{report['unlisted_files']} files not in the lists")
+    return (
+        f"{report['dataset']} split {report['split']} in {report['root']}: {report['found']} of "
+        f"{report['listed']} listed files present ({parts}); {report['missing']} missing; "
+        f"{report['unlisted_files']} files not in the lists"
+    )
 
 
 @cli

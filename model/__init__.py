@@ -11,21 +11,49 @@ Public interface (see each module's docstring):
     bundles:  save_encoder, load_encoder, export_bundle, read_metadata, save_state, load_state
 No file I/O outside `bundle` and `convert_official`; no tracking or pipeline imports.
 """
-from .bundle import (BundleError, export_bundle, load_encoder, load_state, read_metadata, save_encoder,
-                     save_state)
+
+from .bundle import BundleError, export_bundle, load_encoder, load_state, read_metadata, save_encoder, save_state
 from .config import ConfigError, EncoderConfig, XKDConfig, from_dict, preset
 from .encoder import Encoder, interpolate_pos_embed
 from .head import DINOHead
 from .masking import random_masking
 from .optim import build_optimizer, clip_grad_per_tensor_, param_groups
-from .schedules import (cosine_schedule, ema_momentum, ema_schedule, lr_schedule, teacher_temperature,
-                        teacher_temperature_schedule)
+from .schedules import (
+    cosine_schedule,
+    ema_momentum,
+    ema_schedule,
+    lr_schedule,
+    teacher_temperature,
+    teacher_temperature_schedule,
+)
 from .xkd import XKD, build
 
 __all__ = [
-    "BundleError", "ConfigError", "DINOHead", "Encoder", "EncoderConfig", "XKD", "XKDConfig", "build",
-    "build_optimizer", "clip_grad_per_tensor_", "cosine_schedule", "ema_momentum", "ema_schedule",
-    "export_bundle", "from_dict", "interpolate_pos_embed", "load_encoder", "load_state", "lr_schedule",
-    "param_groups", "preset", "random_masking", "read_metadata", "save_encoder", "save_state",
-    "teacher_temperature", "teacher_temperature_schedule",
+    "BundleError",
+    "ConfigError",
+    "DINOHead",
+    "Encoder",
+    "EncoderConfig",
+    "XKD",
+    "XKDConfig",
+    "build",
+    "build_optimizer",
+    "clip_grad_per_tensor_",
+    "cosine_schedule",
+    "ema_momentum",
+    "ema_schedule",
+    "export_bundle",
+    "from_dict",
+    "interpolate_pos_embed",
+    "load_encoder",
+    "load_state",
+    "lr_schedule",
+    "param_groups",
+    "preset",
+    "random_masking",
+    "read_metadata",
+    "save_encoder",
+    "save_state",
+    "teacher_temperature",
+    "teacher_temperature_schedule",
 ]

@@ -4,6 +4,7 @@ Each file's safetensors metadata carries everything needed to rebuild the encode
 variant, preset, width, depth, heads, patch/tubelet size, input size, ...), so `load_encoder(file)`
 needs nothing else. The only file I/O of the package lives here and in `convert_official`.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,15 +31,27 @@ def encoder_metadata(encoder: Encoder, role: str, variant: str, preset: str, **e
     if role not in ROLES:
         raise BundleError(f"role must be one of {ROLES}, got {role!r}")
     c = encoder.cfg
-    meta = {"format": FORMAT, "modality": c.modality, "role": role, "variant": variant, "preset": preset,
-            "width": c.width, "depth": c.depth, "heads": c.heads, "mlp_ratio": c.mlp_ratio,
-            "patch_size": list(c.patch), "input_size": list(c.input_size), "ln_eps": c.ln_eps}
+    meta = {
+        "format": FORMAT,
+        "modality": c.modality,
+        "role": role,
+        "variant": variant,
+        "preset": preset,
+        "width": c.width,
+        "depth": c.depth,
+        "heads": c.heads,
+        "mlp_ratio": c.mlp_ratio,
+        "patch_size": list(c.patch),
+        "input_size": list(c.input_size),
+        "ln_eps": c.ln_eps,
+    }
     meta.update(extra)
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
-def save_encoder(encoder: Encoder, path: str | Path, *, role: str, variant: str = "xkd", preset: str = "base",
-                 **extra) -> Path:
+def save_encoder(
+    encoder: Encoder, path: str | Path, *, role: str, variant: str = "xkd", preset: str = "base", **extra
+) -> Path:
     """Write one encoder (its own tensors, contiguous copies, so shared MAS blocks are fine) + metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,9 +81,16 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def encoder_config_from_metadata(meta: dict) -> EncoderConfig:
-    return EncoderConfig(meta["modality"], int(meta["width"]), int(meta["depth"]), int(meta["heads"]),
-                         tuple(meta["patch_size"]), tuple(meta["input_size"]), float(meta["mlp_ratio"]),
-                         float(meta.get("ln_eps", 1e-5)))
+    return EncoderConfig(
+        meta["modality"],
+        int(meta["width"]),
+        int(meta["depth"]),
+        int(meta["heads"]),
+        tuple(meta["patch_size"]),
+        tuple(meta["input_size"]),
+        float(meta["mlp_ratio"]),
+        float(meta.get("ln_eps", 1e-5)),
+    )
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
@@ -79,8 +99,10 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     enc = Encoder(encoder_config_from_metadata(meta), init=False)
     missing, unexpected = load_model(enc, str(path), strict=False, device=str(device))
     if missing or unexpected:
-        raise BundleError(f"{path}: tensors do not match the encoder described by its metadata "
-                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        raise BundleError(
+            f"{path}: tensors do not match the encoder described by its metadata "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
     enc.bundle_meta = meta
     return enc.to(device)
 
@@ -94,8 +116,14 @@ def export_bundle(model: nn.Module, out_dir: str | Path, **extra) -> dict[str, P
     for modality in ("video", "audio"):
         for role in ROLES:
             enc = getattr(model, f"{modality}_{role}").encoder
-            files[f"{modality}_{role}"] = save_encoder(enc, out_dir / f"{modality}_{role}.safetensors", role=role,
-                                                       variant=cfg.variant, preset=cfg.preset, **extra)
+            files[f"{modality}_{role}"] = save_encoder(
+                enc,
+                out_dir / f"{modality}_{role}.safetensors",
+                role=role,
+                variant=cfg.variant,
+                preset=cfg.preset,
+                **extra,
+            )
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     return files
 

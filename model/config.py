@@ -3,6 +3,7 @@
 `preset(name, variant, **overrides)` is the single entry point. Every "official behaviour flag" of the
 Contracts defaults to what the official code (pritamqu/XKD @ 806c75d) does; `model/DEVIATIONS.md` lists them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -149,10 +150,10 @@ class XKDConfig:
         return self.variant == "mats"
 
     def encoder(self, modality: str) -> EncoderConfig:
-        patch, size = ((self.video_tubelet, self.video_input) if modality == "video"
-                       else (self.audio_patch, self.audio_input))
-        return EncoderConfig(modality, self.width, self.depth, self.heads, tuple(patch), tuple(size),
-                             self.mlp_ratio)
+        patch, size = (
+            (self.video_tubelet, self.video_input) if modality == "video" else (self.audio_patch, self.audio_input)
+        )
+        return EncoderConfig(modality, self.width, self.depth, self.heads, tuple(patch), tuple(size), self.mlp_ratio)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -163,14 +164,28 @@ class XKDConfig:
 # head 128->32->256), so the converter is tested on exactly that layout.
 _PRESET_SIZES = {
     "base": {},
-    "tiny": dict(width=64, depth=2, heads=4, decoder_width=32, decoder_depth=1, decoder_heads=4,
-                 head_hidden=128, head_bottleneck=32, head_out=256),
+    "tiny": dict(
+        width=64,
+        depth=2,
+        heads=4,
+        decoder_width=32,
+        decoder_depth=1,
+        decoder_heads=4,
+        head_hidden=128,
+        head_bottleneck=32,
+        head_out=256,
+    ),
 }
 # MAS: 3 video local views and warmed-up teacher temperatures; MATS keeps XKD's temperatures (spec §9).
 _VARIANT_DEFAULTS = {
     "xkd": {},
-    "mas": dict(video_local_views=3, video_warmup_teacher_temp=0.09, video_teacher_temp=0.11,
-                audio_warmup_teacher_temp=0.04, audio_teacher_temp=0.06),
+    "mas": dict(
+        video_local_views=3,
+        video_warmup_teacher_temp=0.09,
+        video_teacher_temp=0.11,
+        audio_warmup_teacher_temp=0.04,
+        audio_teacher_temp=0.06,
+    ),
     "mats": dict(video_local_views=3),
 }
 
@@ -187,9 +202,14 @@ def preset(name: str = "base", variant: str = "xkd", **overrides) -> XKDConfig:
     known = {f.name for f in dataclasses.fields(XKDConfig)}
     for key in overrides:
         if key not in known or key in ("preset", "variant"):
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(known - {'preset', 'variant'}))}")
-    values = {**_PRESET_SIZES[name], **_VARIANT_DEFAULTS[variant],
-              **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}}
+            raise ConfigError(
+                f"unknown config key {key!r}; valid keys: {', '.join(sorted(known - {'preset', 'variant'}))}"
+            )
+    values = {
+        **_PRESET_SIZES[name],
+        **_VARIANT_DEFAULTS[variant],
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
+    }
     return XKDConfig(preset=name, variant=variant, **values)
 
 

@@ -11,6 +11,7 @@ Unknown keys, missing keys, shape mismatches and aliased keys that disagree are 
 The official layout (incl. the aliases `*_ae.encoder.*` = student backbone and `head.mlp.4` = `head.mlp.1`)
 is recorded in shared/fixtures/official_units/official_tiny_state_keys.tsv.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,14 @@ def backbone_key_to_ours(key: str) -> str:
         return key
     if key == "enc_pos_embed":
         return "pos_embed"
-    for old, new in (("cuboid_embed.proj.", "patch_embed.proj."), ("patch_embed.proj.", "patch_embed.proj."),
-                     ("encoder.blocks.", "blocks."), ("encoder_norm.", "norm.")):
+    for old, new in (
+        ("cuboid_embed.proj.", "patch_embed.proj."),
+        ("patch_embed.proj.", "patch_embed.proj."),
+        ("encoder.blocks.", "blocks."),
+        ("encoder_norm.", "norm."),
+    ):
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     raise KeyError(key)
 
 
@@ -54,11 +59,11 @@ def backbone_key_to_official(key: str, modality: str) -> str:
     if key == "pos_embed":
         return "enc_pos_embed"
     if key.startswith("patch_embed.proj."):
-        return ("cuboid_embed.proj." if modality == "video" else "patch_embed.proj.") + key[len("patch_embed.proj."):]
+        return ("cuboid_embed.proj." if modality == "video" else "patch_embed.proj.") + key[len("patch_embed.proj.") :]
     if key.startswith("blocks."):
         return "encoder." + key
     if key.startswith("norm."):
-        return "encoder_norm." + key[len("norm."):]
+        return "encoder_norm." + key[len("norm.") :]
     return key
 
 
@@ -96,8 +101,11 @@ def to_official_state_dict(model: XKD) -> dict[str, torch.Tensor]:
 def _check_layout(given: dict[str, torch.Tensor], expected: dict[str, tuple], what: str) -> None:
     unknown = sorted(set(given) - set(expected))
     missing = sorted(set(expected) - set(given))
-    bad = [f"{k}: {tuple(given[k].shape)} != expected {expected[k]}" for k in sorted(set(given) & set(expected))
-           if tuple(given[k].shape) != expected[k]]
+    bad = [
+        f"{k}: {tuple(given[k].shape)} != expected {expected[k]}"
+        for k in sorted(set(given) & set(expected))
+        if tuple(given[k].shape) != expected[k]
+    ]
     problems = []
     if unknown:
         problems.append(f"{len(unknown)} unknown key(s), e.g. {unknown[:3]}")
@@ -124,8 +132,9 @@ def load_official(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ConvertError(f"{path}: no such file") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ConvertError(f"{path}: cannot be read as a weights-only torch checkpoint "
-                           f"({str(e).splitlines()[0]})") from None
+        raise ConvertError(
+            f"{path}: cannot be read as a weights-only torch checkpoint ({str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(obj, dict):
         raise ConvertError(f"{path}: expected a dict (state dict or checkpoint), got {type(obj).__name__}")
     return obj
@@ -140,8 +149,10 @@ def _detect_variant(sd: dict[str, torch.Tensor]) -> str:
         ta, tb = sd.get(f"{a}.backbone.{qkv}"), sd.get(f"{b}.backbone.{qkv}")
         if ta is None or tb is None or ta.shape != tb.shape:
             return "different"
-        if ta.untyped_storage().data_ptr() == tb.untyped_storage().data_ptr() and \
-                ta.storage_offset() == tb.storage_offset():
+        if (
+            ta.untyped_storage().data_ptr() == tb.untyped_storage().data_ptr()
+            and ta.storage_offset() == tb.storage_offset()
+        ):
             return "shared"
         return "equal" if torch.equal(ta, tb) else "different"
 
@@ -164,14 +175,14 @@ def _detect_preset(width: int, given: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------- conversion
-def convert_full(sd: dict[str, torch.Tensor], preset_name: str | None = None,
-                 variant: str | None = None) -> XKD:
+def convert_full(sd: dict[str, torch.Tensor], preset_name: str | None = None, variant: str | None = None) -> XKD:
     """Official full-model state dict (DDP `module.` prefix allowed) -> our XKD model."""
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if "vid_student.backbone.cls_token" not in sd:
         raise ConvertError("not an official XKD model state dict (no vid_student.backbone.cls_token)")
-    cfg = preset(_detect_preset(sd["vid_student.backbone.cls_token"].shape[-1], preset_name),
-                 variant or _detect_variant(sd))
+    cfg = preset(
+        _detect_preset(sd["vid_student.backbone.cls_token"].shape[-1], preset_name), variant or _detect_variant(sd)
+    )
     meta_model = build(cfg, device="meta")
     expected, ours_of = {}, {}
     for k, v in meta_model.state_dict().items():
@@ -209,8 +220,13 @@ def _role_from_name(path: Path, role: str | None) -> str:
     raise ConvertError(f"cannot tell student from teacher by the file name {path.name!r}; pass --role")
 
 
-def convert(input_path: str | Path, output_dir: str | Path, preset_name: str | None = None,
-            variant: str | None = None, role: str | None = None) -> list[Path]:
+def convert(
+    input_path: str | Path,
+    output_dir: str | Path,
+    preset_name: str | None = None,
+    variant: str | None = None,
+    role: str | None = None,
+) -> list[Path]:
     """Convert one official file; returns the files written."""
     input_path, output_dir = Path(input_path), Path(output_dir)
     obj = load_official(input_path)
@@ -218,11 +234,18 @@ def convert(input_path: str | Path, output_dir: str | Path, preset_name: str | N
         model = convert_full(obj["model"], preset_name, variant)
         output_dir.mkdir(parents=True, exist_ok=True)
         epoch = obj.get("epoch")
-        meta = {"format": "xkd-model/1", "config": json.dumps(model.cfg.to_dict()), "source": input_path.name,
-                "epoch": json.dumps(epoch if isinstance(epoch, int) else None)}
+        meta = {
+            "format": "xkd-model/1",
+            "config": json.dumps(model.cfg.to_dict()),
+            "source": input_path.name,
+            "epoch": json.dumps(epoch if isinstance(epoch, int) else None),
+        }
         files = [save_state(model, output_dir / "model.safetensors", metadata=meta)]
-        return files + list(export_bundle(model, output_dir, source=input_path.name).values()) + \
-            [output_dir / "config.json"]
+        return (
+            files
+            + list(export_bundle(model, output_dir, source=input_path.name).values())
+            + [output_dir / "config.json"]
+        )
     enc = convert_backbone(obj, preset_name)
     r = _role_from_name(input_path, role)
     out = output_dir / f"{enc.cfg.modality}_{r}.safetensors"

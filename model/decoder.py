@@ -4,8 +4,8 @@ Linear enc->dec width, mask tokens re-inserted in the original order, learnt dec
 the *global* grid, ViT blocks, output Linear to the patch dimension. Unlike MAE there is **no** LayerNorm
 before the output projection, and the CLS token goes through the blocks and is dropped at the output.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -14,8 +14,18 @@ from .encoder import init_vit_, make_blocks
 
 
 class MAEDecoder(nn.Module):
-    def __init__(self, encoder_width: int, width: int, depth: int, heads: int, num_patches: int,
-                 patch_dim: int, mlp_ratio: float = 4.0, eps: float = 1e-5, init: bool = True):
+    def __init__(
+        self,
+        encoder_width: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_patches: int,
+        patch_dim: int,
+        mlp_ratio: float = 4.0,
+        eps: float = 1e-5,
+        init: bool = True,
+    ):
         super().__init__()
         self.num_patches = num_patches
         # Official: Identity when the widths already match (never the case in the presets).
@@ -35,8 +45,7 @@ class MAEDecoder(nn.Module):
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent [B, 1+K, De] (CLS first, visible tokens) -> predicted patches [B, N, P]."""
         if ids_restore.shape[1] != self.num_patches:
-            raise ValueError(f"decoder expects the global grid ({self.num_patches} tokens), "
-                             f"got {ids_restore.shape[1]}")
+            raise ValueError(f"decoder expects the global grid ({self.num_patches} tokens), got {ids_restore.shape[1]}")
         x = self.mid_proj(latent)
         b, k1, d = x.shape
         mask_tokens = self.mask_token.expand(b, self.num_patches + 1 - k1, d)

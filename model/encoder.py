@@ -8,6 +8,7 @@ Shapes: video x [B, 3, T, H, W], tubelet (4, 16, 16) -> (T/4)(H/16)(W/16) tokens
 Patches are flattened channel-last, (pt ph pw c) / (pf pt c), as the official Rearrange does: this order is
 also the order of the reconstruction target.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ from .masking import random_masking
 def make_blocks(width: int, depth: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5) -> nn.ModuleList:
     """Pre-norm ViT blocks as in the official ViT_Backbone: qkv without bias, GELU, no drop-path."""
     norm = partial(nn.LayerNorm, eps=eps)
-    return nn.ModuleList(Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=False, norm_layer=norm)
-                         for _ in range(depth))
+    return nn.ModuleList(
+        Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=False, norm_layer=norm) for _ in range(depth)
+    )
 
 
 def init_vit_(module: nn.Module) -> None:
@@ -69,8 +71,9 @@ class PatchEmbed(nn.Module):
         return patches, self.proj(patches)
 
 
-def interpolate_pos_embed(pos: torch.Tensor, modality: str, src_grid: tuple[int, ...],
-                          dst_grid: tuple[int, ...]) -> torch.Tensor:
+def interpolate_pos_embed(
+    pos: torch.Tensor, modality: str, src_grid: tuple[int, ...], dst_grid: tuple[int, ...]
+) -> torch.Tensor:
     """Resample a [1, 1+N, D] positional embedding from `src_grid` to `dst_grid` (official rule, spec §9).
 
     The official code passes *scale factors* (dst + 0.1) / src per axis (align_corners=False) rather than
@@ -148,8 +151,12 @@ def run_blocks(blocks: nn.ModuleList, seqs: list[torch.Tensor]) -> list[torch.Te
     d = seqs[0].shape[-1]
     x = torch.cat([s.reshape(-1, d) for s in seqs])
     for blk in blocks:
-        if not (isinstance(blk.ls1, nn.Identity) and isinstance(blk.drop_path1, nn.Identity)
-                and getattr(blk.attn, "gate", None) is None and blk.attn.attn_drop.p == 0):
+        if not (
+            isinstance(blk.ls1, nn.Identity)
+            and isinstance(blk.drop_path1, nn.Identity)
+            and getattr(blk.attn, "gate", None) is None
+            and blk.attn.attn_drop.p == 0
+        ):
             raise ValueError("run_blocks supports plain pre-norm blocks only")
         x = x + _packed_attention(blk.attn, blk.norm1(x), shapes)
         x = x + blk.mlp(blk.norm2(x))
@@ -166,8 +173,9 @@ class Encoder(nn.Module):
         self.patch_embed = PatchEmbed(cfg.patch, cfg.input_size[0], cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.width))
-        self.blocks = blocks if blocks is not None else make_blocks(cfg.width, cfg.depth, cfg.heads,
-                                                                    cfg.mlp_ratio, cfg.ln_eps)
+        self.blocks = (
+            blocks if blocks is not None else make_blocks(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.ln_eps)
+        )
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         if init and self.cls_token.device.type != "meta":
             self.reset_parameters()
@@ -194,8 +202,13 @@ class Encoder(nn.Module):
         _, tokens, cls = self.embed(x)
         return torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
-    def masked_sequence(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None):
+    def masked_sequence(
+        self,
+        x: torch.Tensor,
+        mask_ratio: float,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ):
         """MAE block input: pos added before masking, CLS prepended after. Returns (sequence [B, 1+K, D],
         target patches [B, N, P], mask [B, N] with 1 = removed, ids_restore [B, N])."""
         pos = self.pos_embed_for(self._grid_of(x))
@@ -207,8 +220,7 @@ class Encoder(nn.Module):
         # (the Linear and the pos-add act per token) at 15-20 % of the embedding cost.
         kept, mask, ids_restore = random_masking(patches, mask_ratio, noise=noise)
         ids_keep = ids_restore.argsort(dim=1)[:, : kept.shape[1]]
-        kept_pos = torch.gather(pos[:, 1:].expand(b, -1, -1), 1,
-                                ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+        kept_pos = torch.gather(pos[:, 1:].expand(b, -1, -1), 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
         tokens = self.patch_embed.proj(kept) + kept_pos
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
         return torch.cat([cls, tokens], dim=1), patches, mask, ids_restore
@@ -217,8 +229,13 @@ class Encoder(nn.Module):
         """Normalised tokens [B, 1+N, D] (CLS first)."""
         return self.norm(run_blocks(self.blocks, [self.sequence(x)])[0])
 
-    def forward_masked(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None):
+    def forward_masked(
+        self,
+        x: torch.Tensor,
+        mask_ratio: float,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ):
         """MAE path. Returns latent [B, 1+K, D] (normalised), target patches, mask, ids_restore."""
         seq, patches, mask, ids_restore = self.masked_sequence(x, mask_ratio, noise, generator)
         return self.norm(run_blocks(self.blocks, [seq])[0]), patches, mask, ids_restore

@@ -5,6 +5,7 @@ then a LayerNorm without affine parameters (an XKD addition). The official head 
 and places it after both hidden Linears, so `mlp.1` and `mlp.4` are the same module (one set of parameters,
 summed gradients, one update); the state dict therefore lists both keys, as the official one does.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,7 @@ class WeightNormLinear(nn.Module):
         if init and self.weight_v.device.type != "meta":
             # The official last layer keeps nn.Linear's default init (DINO applies trunc-normal before
             # creating it).
-            nn.init.kaiming_uniform_(self.weight_v, a=5 ** 0.5)
+            nn.init.kaiming_uniform_(self.weight_v, a=5**0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.weight_v
@@ -32,14 +33,19 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    def __init__(self, in_dim: int, hidden: int = 2048, bottleneck: int = 256, out_dim: int = 8192,
-                 init: bool = True):
+    def __init__(self, in_dim: int, hidden: int = 2048, bottleneck: int = 256, out_dim: int = 8192, init: bool = True):
         super().__init__()
         shared_ln = nn.LayerNorm(hidden)  # default eps 1e-5, as official
         act = nn.GELU()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), shared_ln, act,
-                                 nn.Linear(hidden, hidden), shared_ln, act,
-                                 nn.Linear(hidden, bottleneck))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            shared_ln,
+            act,
+            nn.Linear(hidden, hidden),
+            shared_ln,
+            act,
+            nn.Linear(hidden, bottleneck),
+        )
         self.last_layer = WeightNormLinear(bottleneck, out_dim, init=init)
         self.last_norm = nn.LayerNorm(out_dim, elementwise_affine=False)
         if init and self.mlp[0].weight.device.type != "meta":

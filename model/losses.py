@@ -7,6 +7,7 @@ call gives the exact value the float32 official code approximates.
 - `cross_modal_attention` + `align_features` + `refine`: teacher CLS-attention re-weighting ("refine").
 - `total_loss`: (w_da L_da + w_kd L_kd + w_rec L_rec) / (w_da + w_kd + w_rec).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,8 +20,9 @@ from torch import nn
 MMD_GAMMAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
-def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                        norm_pix: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """Mean over masked tokens (mask == 1) of the per-token MSE; pred/target [B, N, P], mask [B, N].
 
     With `norm_pix` the target patch is standardised with its own mean and *unbiased* variance
@@ -34,9 +36,15 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return (per_token * mask).sum() / mask.sum()
 
 
-def dino_cross_entropy(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
-                       student_temp: float, teacher_temp: float, num_student_views: int,
-                       num_teacher_views: int = 1) -> torch.Tensor:
+def dino_cross_entropy(
+    student_output: torch.Tensor,
+    teacher_output: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    num_student_views: int,
+    num_teacher_views: int = 1,
+) -> torch.Tensor:
     """Cross-modal DINO loss (official DINOLossX.forward without the centre update).
 
     Outputs are stacked view-major: student [S*B, K], teacher [T*B, K]. Every (teacher view, student view)
@@ -73,10 +81,18 @@ class DINOCrossLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_output, teacher_output, student_temp, teacher_temp,
-                num_student_views, num_teacher_views=1):
-        loss = dino_cross_entropy(student_output, teacher_output, self.center, student_temp, teacher_temp,
-                                  num_student_views, num_teacher_views)
+    def forward(
+        self, student_output, teacher_output, student_temp, teacher_temp, num_student_views, num_teacher_views=1
+    ):
+        loss = dino_cross_entropy(
+            student_output,
+            teacher_output,
+            self.center,
+            student_temp,
+            teacher_temp,
+            num_student_views,
+            num_teacher_views,
+        )
         new = dino_center_update(self.center, teacher_output.detach(), self.center_momentum)
         self.center.copy_(new)
         return loss
@@ -100,8 +116,9 @@ def squared_distances(x: torch.Tensor, y: torch.Tensor, form: str = "expanded") 
     raise ValueError(f"unknown distance form {form!r}; use 'expanded' or 'direct'")
 
 
-def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float] = MMD_GAMMAS,
-                    form: str = "expanded") -> torch.Tensor:
+def gaussian_kernel(
+    x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float] = MMD_GAMMAS, form: str = "expanded"
+) -> torch.Tensor:
     """K(x, y) = sum_gamma exp(-gamma ||x - y||^2), [Nx, Ny]."""
     d = squared_distances(x, y, form)
     k = torch.zeros_like(d)
@@ -110,11 +127,13 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float] = 
     return k
 
 
-def mmd(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float] = MMD_GAMMAS,
-        form: str = "expanded") -> torch.Tensor:
+def mmd(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float] = MMD_GAMMAS, form: str = "expanded") -> torch.Tensor:
     """Biased multi-kernel MMD: mean K(x,x) + mean K(y,y) - 2 mean K(x,y), diagonals included."""
-    return (gaussian_kernel(x, x, gammas, form).mean() + gaussian_kernel(y, y, gammas, form).mean()
-            - 2 * gaussian_kernel(x, y, gammas, form).mean())
+    return (
+        gaussian_kernel(x, x, gammas, form).mean()
+        + gaussian_kernel(y, y, gammas, form).mean()
+        - 2 * gaussian_kernel(x, y, gammas, form).mean()
+    )
 
 
 def cross_modal_attention(attn_v: torch.Tensor, attn_a: torch.Tensor, mode: str = "mean"):
@@ -151,7 +170,8 @@ def refine(feat_v, feat_a, attn_v, attn_a, mode: str = "mean"):
     return align_features(feat_v, cv), align_features(feat_a, ca)
 
 
-def total_loss(da: torch.Tensor, kd: torch.Tensor, rec: torch.Tensor, w_da: float = 1.0, w_kd: float = 1.0,
-               w_rec: float = 5.0) -> torch.Tensor:
+def total_loss(
+    da: torch.Tensor, kd: torch.Tensor, rec: torch.Tensor, w_da: float = 1.0, w_kd: float = 1.0, w_rec: float = 5.0
+) -> torch.Tensor:
     """(w_da*L_da + w_kd*L_kd + w_rec*L_rec) / (w_da + w_kd + w_rec); official weights (1, 1, 5)."""
     return (da * w_da + kd * w_kd + rec * w_rec) / (w_da + w_kd + w_rec)

@@ -1,11 +1,13 @@
 """MAE random masking (per sample, per token; no tube masking), reproducible from explicit noise."""
+
 from __future__ import annotations
 
 import torch
 
 
-def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None):
+def random_masking(
+    x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+):
     """Keep round(N * (1 - mask_ratio)) tokens of x [B, N, D] per sample (59/392 at 0.85, 112/560 at 0.80).
 
     Tokens with the smallest `noise` ([B, N], uniform) are kept. Pass `noise` (or a seeded `generator`)

@@ -1,4 +1,5 @@
 """Optimiser helpers: the official two AdamW parameter groups and DINO-style per-tensor gradient clipping."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -38,9 +39,14 @@ def clip_grad_per_tensor_(params: Iterable[torch.Tensor], max_norm: float) -> to
     return norms
 
 
-def build_optimizer(model: nn.Module, lr: float = 1e-4, weight_decay: float = 0.3,
-                    betas: tuple[float, float] = (0.9, 0.95), decay_pos_tokens: bool = True,
-                    fused: bool | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float = 1e-4,
+    weight_decay: float = 0.3,
+    betas: tuple[float, float] = (0.9, 0.95),
+    decay_pos_tokens: bool = True,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
     """AdamW over `param_groups`; the training loop sets lr (and wd of group 1) per iteration.
     `fused=None` picks the fused kernel where torch has one (CPU and CUDA float tensors)."""
     groups = param_groups(model, weight_decay, decay_pos_tokens)

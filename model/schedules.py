@@ -3,6 +3,7 @@
 All per-iteration schedules are arrays indexed by the global step `epoch * niter_per_ep + it`.
 numpy is used on purpose: the values then equal the official ones bit for bit (same linspace/cos).
 """
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,14 @@ import math
 import numpy as np
 
 
-def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
-                    warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
+def cosine_schedule(
+    base_value: float,
+    final_value: float,
+    epochs: int,
+    niter_per_ep: int,
+    warmup_epochs: int = 0,
+    start_warmup_value: float = 0.0,
+) -> np.ndarray:
     """Linear warm-up (endpoint included, so `base_value` appears twice) then a cosine from `base_value`
     that stops one step short of `final_value`. Length epochs * niter_per_ep."""
     warmup_iters = warmup_epochs * niter_per_ep
@@ -21,8 +28,14 @@ def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_pe
     return np.concatenate((warmup, cosine))
 
 
-def lr_schedule(base_lr: float, epochs: int, niter_per_ep: int, warmup_epochs: int = 30,
-                final_lr: float = 0.0, start_warmup_lr: float = 0.0) -> np.ndarray:
+def lr_schedule(
+    base_lr: float,
+    epochs: int,
+    niter_per_ep: int,
+    warmup_epochs: int = 30,
+    final_lr: float = 0.0,
+    start_warmup_lr: float = 0.0,
+) -> np.ndarray:
     """Per-iteration LR: linear warm-up from 0 over 30 epochs, cosine to 0 at the end (no batch scaling)."""
     return cosine_schedule(base_lr, final_lr, epochs, niter_per_ep, warmup_epochs, start_warmup_lr)
 
@@ -37,16 +50,13 @@ def ema_momentum(step: int, total_steps: int, base: float = 0.997, final: float 
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * step / total_steps))
 
 
-def teacher_temperature_schedule(warmup_temp: float, temp: float, warmup_epochs: int,
-                                 epochs: int) -> np.ndarray:
+def teacher_temperature_schedule(warmup_temp: float, temp: float, warmup_epochs: int, epochs: int) -> np.ndarray:
     """Per-epoch teacher temperature: linspace(warmup_temp, temp, warmup_epochs), then constant.
     MAS warms video 0.09 -> 0.11 and audio 0.04 -> 0.06 over 30 epochs; XKD/MATS are constant."""
-    return np.concatenate((np.linspace(warmup_temp, temp, warmup_epochs),
-                           np.ones(epochs - warmup_epochs) * temp))
+    return np.concatenate((np.linspace(warmup_temp, temp, warmup_epochs), np.ones(epochs - warmup_epochs) * temp))
 
 
-def teacher_temperature(epoch: int, warmup_temp: float, temp: float, warmup_epochs: int,
-                        epochs: int) -> float:
+def teacher_temperature(epoch: int, warmup_temp: float, temp: float, warmup_epochs: int, epochs: int) -> float:
     """One epoch's value of `teacher_temperature_schedule` (the temperature changes per epoch, not step)."""
     if epoch >= warmup_epochs:
         return float(temp)

@@ -1,7 +1,8 @@
 """Parameter counts of a preset/variant, computed on the meta device (instant, no memory).
 
-    python -m model.summary --preset base --variant xkd
+python -m model.summary --preset base --variant xkd
 """
+
 from __future__ import annotations
 
 import argparse

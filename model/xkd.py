@@ -14,6 +14,7 @@ Variants: `xkd` (everything per modality), `mas` (the two students share their t
 `mats` (students share, teachers share). Only `blocks` are shared; embeddings, CLS, pos-embeddings,
 final norms, heads and decoders stay per modality.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,10 +57,26 @@ class XKD(nn.Module):
         self.audio_student = Branch(Encoder(acfg, student_blocks, init=init), head())
         self.video_teacher = Branch(Encoder(vcfg, teacher_blocks, init=False), head())
         self.audio_teacher = Branch(Encoder(acfg, teacher_blocks, init=False), head())
-        self.video_decoder = MAEDecoder(cfg.width, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_heads,
-                                        vcfg.num_patches, vcfg.patch_dim, cfg.mlp_ratio, init=init)
-        self.audio_decoder = MAEDecoder(cfg.width, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_heads,
-                                        acfg.num_patches, acfg.patch_dim, cfg.mlp_ratio, init=init)
+        self.video_decoder = MAEDecoder(
+            cfg.width,
+            cfg.decoder_width,
+            cfg.decoder_depth,
+            cfg.decoder_heads,
+            vcfg.num_patches,
+            vcfg.patch_dim,
+            cfg.mlp_ratio,
+            init=init,
+        )
+        self.audio_decoder = MAEDecoder(
+            cfg.width,
+            cfg.decoder_width,
+            cfg.decoder_depth,
+            cfg.decoder_heads,
+            acfg.num_patches,
+            acfg.patch_dim,
+            cfg.mlp_ratio,
+            init=init,
+        )
         # Official names: vt2as_ce_loss (video teacher -> audio student), at2vs_ce_loss.
         self.vt2as = losses.DINOCrossLoss(cfg.head_out, cfg.center_momentum[0])
         self.at2vs = losses.DINOCrossLoss(cfg.head_out, cfg.center_momentum[1])
@@ -96,10 +113,15 @@ class XKD(nn.Module):
         """
         am = momentum if audio_momentum is None else audio_momentum
         done: set[int] = set()
-        for (s, t), m in (((self.video_student, self.video_teacher), momentum),
-                          ((self.audio_student, self.audio_teacher), am)):
-            pairs = [(pt, ps) for ps, pt in zip(s.parameters(), t.parameters())
-                     if self.cfg.mats_double_ema or id(pt) not in done]
+        for (s, t), m in (
+            ((self.video_student, self.video_teacher), momentum),
+            ((self.audio_student, self.audio_teacher), am),
+        ):
+            pairs = [
+                (pt, ps)
+                for ps, pt in zip(s.parameters(), t.parameters())
+                if self.cfg.mats_double_ema or id(pt) not in done
+            ]
             done.update(id(pt) for pt, _ in pairs)
             if not pairs:
                 continue
@@ -120,10 +142,12 @@ class XKD(nn.Module):
 
     def teacher_temperatures(self, epoch: int) -> tuple[float, float]:
         c = self.cfg
-        tv = teacher_temperature(epoch, c.video_warmup_teacher_temp, c.video_teacher_temp,
-                                 c.warmup_teacher_temp_epochs, c.epochs)
-        ta = teacher_temperature(epoch, c.audio_warmup_teacher_temp, c.audio_teacher_temp,
-                                 c.warmup_teacher_temp_epochs, c.epochs)
+        tv = teacher_temperature(
+            epoch, c.video_warmup_teacher_temp, c.video_teacher_temp, c.warmup_teacher_temp_epochs, c.epochs
+        )
+        ta = teacher_temperature(
+            epoch, c.audio_warmup_teacher_temp, c.audio_teacher_temp, c.warmup_teacher_temp_epochs, c.epochs
+        )
         return tv, ta
 
     # ------------------------------------------------------------------ forward
@@ -134,10 +158,12 @@ class XKD(nn.Module):
 
         # students: the masked global view (MAE path, reused for distillation) and the local views
         venc, aenc = self.video_student.encoder, self.audio_student.encoder
-        v_seq, v_tgt, v_mask, v_ids = venc.masked_sequence(video, c.video_mask_ratio,
-                                                           batch.get("video_noise"), generator)
-        a_seq, a_tgt, a_mask, a_ids = aenc.masked_sequence(audio, c.audio_mask_ratio,
-                                                           batch.get("audio_noise"), generator)
+        v_seq, v_tgt, v_mask, v_ids = venc.masked_sequence(
+            video, c.video_mask_ratio, batch.get("video_noise"), generator
+        )
+        a_seq, a_tgt, a_mask, a_ids = aenc.masked_sequence(
+            audio, c.audio_mask_ratio, batch.get("audio_noise"), generator
+        )
         v_seqs = [v_seq, venc.sequence(torch.cat(v_local))]
         a_seqs = [a_seq, aenc.sequence(torch.cat(a_local))]
         # one packed pass per block stack (both modalities at once when MAS/MATS share the blocks)
@@ -174,8 +200,18 @@ class XKD(nn.Module):
         kd = (kd_vt2as + kd_at2vs) / 2
         rec = (rec_v + rec_a) / 2
         total = losses.total_loss(da, kd, rec, c.weight_da, c.weight_kd, c.weight_rec)
-        return dict(rec_v=rec_v, rec_a=rec_a, rec=rec, kd_vt2as=kd_vt2as, kd_at2vs=kd_at2vs, kd=kd,
-                    mmd_student=mmd_student, mmd_teacher=mmd_teacher, da=da, total=total)
+        return dict(
+            rec_v=rec_v,
+            rec_a=rec_a,
+            rec=rec,
+            kd_vt2as=kd_vt2as,
+            kd_at2vs=kd_at2vs,
+            kd=kd,
+            mmd_student=mmd_student,
+            mmd_teacher=mmd_teacher,
+            da=da,
+            total=total,
+        )
 
 
 def build(cfg: XKDConfig, device: str | torch.device | None = None) -> XKD:

@@ -12,6 +12,7 @@ job resumes from the newest one.
 
 The service account of the calling pod needs the RBAC in `pipelines/rbac.yaml`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,7 @@ from pathlib import Path
 from kubeflow_trainer_api import models as tm
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
-NODE_JOB = "node"            # the torch-distributed runtime's replicated job and container name
+NODE_JOB = "node"  # the torch-distributed runtime's replicated job and container name
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
@@ -35,8 +36,15 @@ class TrainJobTimeout(TimeoutError):
     """Neither Complete nor Failed within the timeout."""
 
 
-def pretrain_args(config: str, clips: str, spectrograms: str | None, output: str, max_steps: int | None = None,
-                  overrides: list[str] = (), mlflow_parent: str | None = None) -> list[str]:
+def pretrain_args(
+    config: str,
+    clips: str,
+    spectrograms: str | None,
+    output: str,
+    max_steps: int | None = None,
+    overrides: list[str] = (),
+    mlflow_parent: str | None = None,
+) -> list[str]:
     """`components.pretrain` arguments, in the order the dvc.yaml `pretrain` stage writes them."""
     args = ["--config", config, "--clips", clips]
     args += ["--spectrograms", spectrograms] if spectrograms else []
@@ -54,48 +62,105 @@ def job_name(output: str, mlflow_parent: str | None) -> str:
     return f"xkd-pretrain-{digest}"
 
 
-def build(name: str, image: str, args: list[str], *, nodes: int, gpus_per_node: int, pvc_name: str,
-          mount_path: str = "/data", runtime: str = "torch-distributed", tracking_uri: str | None = None,
-          mlflow_secret: str | None = "mlflow-credentials", node_selector: dict | None = None,
-          tolerations: list[dict] | None = None, shm_size: str = "16Gi", namespace: str | None = None,
-          active_deadline_s: int | None = None) -> tm.TrainerV1alpha1TrainJob:
+def build(
+    name: str,
+    image: str,
+    args: list[str],
+    *,
+    nodes: int,
+    gpus_per_node: int,
+    pvc_name: str,
+    mount_path: str = "/data",
+    runtime: str = "torch-distributed",
+    tracking_uri: str | None = None,
+    mlflow_secret: str | None = "mlflow-credentials",
+    node_selector: dict | None = None,
+    tolerations: list[dict] | None = None,
+    shm_size: str = "16Gi",
+    namespace: str | None = None,
+    active_deadline_s: int | None = None,
+) -> tm.TrainerV1alpha1TrainJob:
     """The TrainJob object (official Trainer API models; pydantic validates every field)."""
     env = [tm.IoK8sApiCoreV1EnvVar(name="MLFLOW_TRACKING_URI", value=tracking_uri)] if tracking_uri else []
     if mlflow_secret:
-        env += [tm.IoK8sApiCoreV1EnvVar(name=var, value_from=tm.IoK8sApiCoreV1EnvVarSource(
-            secret_key_ref=tm.IoK8sApiCoreV1SecretKeySelector(name=mlflow_secret, key=key, optional=True)))
-            for key, var in MLFLOW_SECRET_KEYS.items()]
-    resources = tm.IoK8sApiCoreV1ResourceRequirements.from_dict(
-        {"limits": {"nvidia.com/gpu": str(gpus_per_node)}, "requests": {"nvidia.com/gpu": str(gpus_per_node)}}
-    ) if gpus_per_node else None
+        env += [
+            tm.IoK8sApiCoreV1EnvVar(
+                name=var,
+                value_from=tm.IoK8sApiCoreV1EnvVarSource(
+                    secret_key_ref=tm.IoK8sApiCoreV1SecretKeySelector(name=mlflow_secret, key=key, optional=True)
+                ),
+            )
+            for key, var in MLFLOW_SECRET_KEYS.items()
+        ]
+    resources = (
+        tm.IoK8sApiCoreV1ResourceRequirements.from_dict(
+            {"limits": {"nvidia.com/gpu": str(gpus_per_node)}, "requests": {"nvidia.com/gpu": str(gpus_per_node)}}
+        )
+        if gpus_per_node
+        else None
+    )
     pod = tm.TrainerV1alpha1PodSpecPatch(
         volumes=[
-            tm.IoK8sApiCoreV1Volume(name="data", persistent_volume_claim=tm.IoK8sApiCoreV1PersistentVolumeClaimVolumeSource(
-                claim_name=pvc_name)),
-            tm.IoK8sApiCoreV1Volume.from_dict({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}}),
+            tm.IoK8sApiCoreV1Volume(
+                name="data",
+                persistent_volume_claim=tm.IoK8sApiCoreV1PersistentVolumeClaimVolumeSource(claim_name=pvc_name),
+            ),
+            tm.IoK8sApiCoreV1Volume.from_dict(
+                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}}
+            ),
         ],
-        containers=[tm.TrainerV1alpha1ContainerPatch(name=NODE_JOB, volume_mounts=[
-            tm.IoK8sApiCoreV1VolumeMount(name="data", mount_path=mount_path),
-            tm.IoK8sApiCoreV1VolumeMount(name="dshm", mount_path="/dev/shm")])],
+        containers=[
+            tm.TrainerV1alpha1ContainerPatch(
+                name=NODE_JOB,
+                volume_mounts=[
+                    tm.IoK8sApiCoreV1VolumeMount(name="data", mount_path=mount_path),
+                    tm.IoK8sApiCoreV1VolumeMount(name="dshm", mount_path="/dev/shm"),
+                ],
+            )
+        ],
         node_selector=dict(node_selector or {}) or None,
         tolerations=[tm.IoK8sApiCoreV1Toleration.from_dict(t) for t in tolerations or []] or None,
     )
     patch = tm.TrainerV1alpha1RuntimePatch(
         manager="xkd-pipeline",
         training_runtime_spec=tm.TrainerV1alpha1TrainingRuntimeSpecPatch(
-            template=tm.TrainerV1alpha1JobSetTemplatePatch(spec=tm.TrainerV1alpha1JobSetSpecPatch(replicated_jobs=[
-                tm.TrainerV1alpha1ReplicatedJobPatch(name=NODE_JOB, template=tm.TrainerV1alpha1JobTemplatePatch(
-                    spec=tm.TrainerV1alpha1JobSpecPatch(template=tm.TrainerV1alpha1PodTemplatePatch(spec=pod))))]))))
+            template=tm.TrainerV1alpha1JobSetTemplatePatch(
+                spec=tm.TrainerV1alpha1JobSetSpecPatch(
+                    replicated_jobs=[
+                        tm.TrainerV1alpha1ReplicatedJobPatch(
+                            name=NODE_JOB,
+                            template=tm.TrainerV1alpha1JobTemplatePatch(
+                                spec=tm.TrainerV1alpha1JobSpecPatch(
+                                    template=tm.TrainerV1alpha1PodTemplatePatch(spec=pod)
+                                )
+                            ),
+                        )
+                    ]
+                )
+            )
+        ),
+    )
     return tm.TrainerV1alpha1TrainJob(
-        api_version=f"{GROUP}/{VERSION}", kind=KIND,
+        api_version=f"{GROUP}/{VERSION}",
+        kind=KIND,
         metadata=tm.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
-            name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "xkd-pipeline"}),
+            name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "xkd-pipeline"}
+        ),
         spec=tm.TrainerV1alpha1TrainJobSpec(
             runtime_ref=tm.TrainerV1alpha1RuntimeRef(name=runtime, kind="ClusterTrainingRuntime", api_group=GROUP),
             trainer=tm.TrainerV1alpha1Trainer(
-                image=image, command=["torchrun", "-m", "components.pretrain"], args=list(args), env=env or None,
-                num_nodes=nodes, num_proc_per_node=max(gpus_per_node, 1), resources_per_node=resources),
-            runtime_patches=[patch], active_deadline_seconds=active_deadline_s))
+                image=image,
+                command=["torchrun", "-m", "components.pretrain"],
+                args=list(args),
+                env=env or None,
+                num_nodes=nodes,
+                num_proc_per_node=max(gpus_per_node, 1),
+                resources_per_node=resources,
+            ),
+            runtime_patches=[patch],
+            active_deadline_seconds=active_deadline_s,
+        ),
+    )
 
 
 def condition(obj: dict) -> tuple[str, str] | None:
@@ -106,9 +171,18 @@ def condition(obj: dict) -> tuple[str, str] | None:
     return None
 
 
-def launch(api, job: tm.TrainerV1alpha1TrainJob, namespace: str, *, timeout_s: float = 86400.0,
-           poll_s: float = 30.0, keep: bool = False, log: Callable[[str], None] = print,
-           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict:
+def launch(
+    api,
+    job: tm.TrainerV1alpha1TrainJob,
+    namespace: str,
+    *,
+    timeout_s: float = 86400.0,
+    poll_s: float = 30.0,
+    keep: bool = False,
+    log: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
     """Create `job` (or adopt one of the same name: a retried launcher), poll until Complete/Failed or the
     timeout, then delete it unless `keep` (a failed or timed-out job is kept for `kubectl describe` only when
     `keep`). `api` is a kubernetes.client.CustomObjectsApi. Returns the final object."""
@@ -118,12 +192,16 @@ def launch(api, job: tm.TrainerV1alpha1TrainJob, namespace: str, *, timeout_s: f
     body = job.to_dict()
     try:
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-        log(f"created TrainJob {namespace}/{name}: {job.spec.trainer.num_nodes} node(s) x "
-            f"{job.spec.trainer.num_proc_per_node} process(es)")
+        log(
+            f"created TrainJob {namespace}/{name}: {job.spec.trainer.num_nodes} node(s) x "
+            f"{job.spec.trainer.num_proc_per_node} process(es)"
+        )
     except ApiException as e:
         if e.status != 409:
-            raise RuntimeError(f"cannot create TrainJob {namespace}/{name}: HTTP {e.status} {e.reason}; "
-                               f"check the RBAC in pipelines/rbac.yaml and that Kubeflow Trainer is installed") from None
+            raise RuntimeError(
+                f"cannot create TrainJob {namespace}/{name}: HTTP {e.status} {e.reason}; "
+                f"check the RBAC in pipelines/rbac.yaml and that Kubeflow Trainer is installed"
+            ) from None
         log(f"TrainJob {namespace}/{name} exists (a retried launcher): waiting for it")
     deadline, obj = clock() + timeout_s, None
     try:
@@ -141,23 +219,44 @@ def launch(api, job: tm.TrainerV1alpha1TrainJob, namespace: str, *, timeout_s: f
     finally:
         if not keep:
             try:
-                api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                    propagation_policy="Foreground")
+                api.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Foreground"
+                )
                 log(f"deleted TrainJob {name}")
             except ApiException as e:
                 if e.status != 404:
                     log(f"warning: could not delete TrainJob {name}: HTTP {e.status} {e.reason}")
 
 
-def run(*, image: str, config: str, clips: str, spectrograms: str | None, output: str, nodes: int,
-        gpus_per_node: int, pvc_name: str, max_steps: int | None = None, overrides: list[str] = (),
-        tracking_uri: str | None = None, mlflow_parent: str | None = None, mount_path: str = "/data",
-        namespace: str | None = None, runtime: str = "torch-distributed", node_selector: dict | None = None,
-        tolerations: list[dict] | None = None, mlflow_secret: str | None = "mlflow-credentials",
-        timeout_s: float = 7 * 86400.0, poll_s: float = 30.0, keep: bool = False, api=None) -> str:
+def run(
+    *,
+    image: str,
+    config: str,
+    clips: str,
+    spectrograms: str | None,
+    output: str,
+    nodes: int,
+    gpus_per_node: int,
+    pvc_name: str,
+    max_steps: int | None = None,
+    overrides: list[str] = (),
+    tracking_uri: str | None = None,
+    mlflow_parent: str | None = None,
+    mount_path: str = "/data",
+    namespace: str | None = None,
+    runtime: str = "torch-distributed",
+    node_selector: dict | None = None,
+    tolerations: list[dict] | None = None,
+    mlflow_secret: str | None = "mlflow-credentials",
+    timeout_s: float = 7 * 86400.0,
+    poll_s: float = 30.0,
+    keep: bool = False,
+    api=None,
+) -> str:
     """Build, launch and wait for the pretraining TrainJob; returns `output` (the pretraining directory)."""
     if api is None:
-        from kubernetes import client, config as kconfig
+        from kubernetes import client
+        from kubernetes import config as kconfig
 
         try:
             kconfig.load_incluster_config()
@@ -166,9 +265,20 @@ def run(*, image: str, config: str, clips: str, spectrograms: str | None, output
         api = client.CustomObjectsApi()
     namespace = namespace or (SA_NAMESPACE.read_text().strip() if SA_NAMESPACE.exists() else "default")
     args = pretrain_args(config, clips, spectrograms, output, max_steps, list(overrides), mlflow_parent)
-    job = build(job_name(output, mlflow_parent), image, args, nodes=int(nodes), gpus_per_node=int(gpus_per_node),
-                pvc_name=pvc_name, mount_path=mount_path, runtime=runtime, tracking_uri=tracking_uri,
-                mlflow_secret=mlflow_secret, node_selector=node_selector, tolerations=tolerations,
-                namespace=namespace)
+    job = build(
+        job_name(output, mlflow_parent),
+        image,
+        args,
+        nodes=int(nodes),
+        gpus_per_node=int(gpus_per_node),
+        pvc_name=pvc_name,
+        mount_path=mount_path,
+        runtime=runtime,
+        tracking_uri=tracking_uri,
+        mlflow_secret=mlflow_secret,
+        node_selector=node_selector,
+        tolerations=tolerations,
+        namespace=namespace,
+    )
     launch(api, job, namespace, timeout_s=timeout_s, poll_s=poll_s, keep=keep)
     return output

@@ -3,14 +3,15 @@
 The *micro* set keeps the heavy tests fast: four real clips (three with audio, one without, four
 containers) and 20 ESC-10 clips over two folds (one per class and fold).
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
-
 from sample_data import AV, ESC, MICRO_AV, esc_labels
+
 
 def _link_dir(tmp: Path, files: list[Path]) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)

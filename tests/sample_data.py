@@ -1,4 +1,5 @@
 """Paths and provenance tables of the embedded real sample media (data/samples)."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,7 @@ SAMPLES = REPO / "data" / "samples"
 AV = SAMPLES / "av"
 ESC = SAMPLES / "esc10"
 
-MICRO_AV = ["R6llTwEh07w.mp4", "flipping_a_pancake.mkv", "big_buck_bunny_432_433.webm",
-            "v_SoccerJuggling_g23_c01.avi"]
+MICRO_AV = ["R6llTwEh07w.mp4", "flipping_a_pancake.mkv", "big_buck_bunny_432_433.webm", "v_SoccerJuggling_g23_c01.avi"]
 
 
 def sample_manifest() -> list[dict]:

@@ -1,13 +1,14 @@
 """Downstream evaluation on the embedded real data: protocols, folds, leak-free validation carves,
 controls through the same code path, clear errors, and the report."""
+
 import json
 
 import numpy as np
 import pytest
 
-from components import eval_datasets
-from components.errors import UsageError
 from components.evaluate import run
+from xkd.errors import UsageError
+from xkd.evaluation import datasets as eval_datasets
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +53,9 @@ def test_logmel_statistics_control_scores_well_and_shuffled_labels_fall_to_chanc
     assert m["std"] == pytest.approx(np.std([f["top1"] for f in m["folds"]]))
     assert all(f["selected_on"] == "val" and f["n_test"] == 80 for f in m["folds"])
     assert m["paper_style"]["mean"] >= m["mean"]  # picking C on the test fold can only look better
-    shuffled = run("", "esc10", "svm", str(esc10_root), str(tmp_path / "b"), features="logmel-stats",
-                   shuffle_labels=True)
+    shuffled = run(
+        "", "esc10", "svm", str(esc10_root), str(tmp_path / "b"), features="logmel-stats", shuffle_labels=True
+    )
     assert shuffled["mean"] <= 25.0
     on_disk = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert on_disk["dataset"] == "esc10" and on_disk["paper_style"]["rule"].startswith("hyper-parameter")
@@ -88,9 +90,19 @@ def test_report_renders_ours_next_to_the_paper(tmp_path):
     from components.report import run as report
 
     fold = {"fold": 1, "top1": 80.0, "hparams": {"C": 0.1}, "selected_on": "val", "paper_style": {"top1": 81.0}}
-    metrics = {"dataset": "ucf101", "protocol": "svm", "role": "teacher", "features": "encoder", "metric": "top1",
-               "variant": "xkd", "folds": [fold, {**fold, "fold": 2, "top1": 82.0}], "mean": 81.0, "std": 1.0,
-               "paper_style": {"mean": 81.5, "std": 0.5, "rule": "test"}, "wall_s": 1.0}
+    metrics = {
+        "dataset": "ucf101",
+        "protocol": "svm",
+        "role": "teacher",
+        "features": "encoder",
+        "metric": "top1",
+        "variant": "xkd",
+        "folds": [fold, {**fold, "fold": 2, "top1": 82.0}],
+        "mean": 81.0,
+        "std": 1.0,
+        "paper_style": {"mean": 81.5, "std": 0.5, "rule": "test"},
+        "wall_s": 1.0,
+    }
     (tmp_path / "m" / "a").mkdir(parents=True)
     (tmp_path / "m" / "a" / "metrics.json").write_text(json.dumps(metrics))
     path = report([str(tmp_path / "m")], str(tmp_path / "r"))

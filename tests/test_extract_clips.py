@@ -1,18 +1,24 @@
 """Clip extraction on the real sample videos: streams, lengths, pixels, manifest contract."""
+
 import json
 import subprocess
 import tarfile
 
 import numpy as np
 import pytest
-
-from components.cache import open_cache, read_audio, read_clip
-from components.cache_builder import read_manifest, read_report
 from sample_data import AV, sample_manifest
 
+from xkd.data.cache import open_cache, read_audio, read_clip
+from xkd.data.cache_build import read_manifest, read_report
 
-WITH_AUDIO = {"R6llTwEh07w.mp4", "SOX5yA1l24A.mp4", "WUzgd7C1pWA.mp4", "flipping_a_pancake.mkv",
-              "mmaction2_test.avi", "big_buck_bunny_432_433.webm"}
+WITH_AUDIO = {
+    "R6llTwEh07w.mp4",
+    "SOX5yA1l24A.mp4",
+    "WUzgd7C1pWA.mp4",
+    "flipping_a_pancake.mkv",
+    "mmaction2_test.avi",
+    "big_buck_bunny_432_433.webm",
+}
 
 
 def _by_file(cache):
@@ -56,8 +62,23 @@ def test_audio_length_matches_duration(samples_clips):
 def _independent_decode(path, width, height):
     # the sampling rule of the cache: frame k is the last native frame at or before k/8 s
     graph = f"[0:v:0]fps=fps=8:round=up,scale={width}:{height}:flags=bilinear[out]"
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-filter_complex", graph, "-map", "[out]",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-filter_complex",
+        graph,
+        "-map",
+        "[out]",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]
     raw = subprocess.run(cmd, capture_output=True, check=True, timeout=120).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
@@ -70,7 +91,7 @@ def test_frames_match_an_independent_ffmpeg_decode(samples_clips):
         ref = _independent_decode(AV / name, e["video"]["width"], e["video"]["height"])
         assert len(ref) == len(frames), name
         mse = np.mean((frames.numpy().astype(np.float64) - ref.astype(np.float64)) ** 2)
-        psnr = 10 * np.log10(255.0 ** 2 / mse)
+        psnr = 10 * np.log10(255.0**2 / mse)
         assert psnr >= 30.0, (name, psnr)
 
 
@@ -86,8 +107,11 @@ def test_manifest_fields_and_shard_offsets(samples_clips):
         with tarfile.open(samples_clips / shard) as tar:
             for info in tar.getmembers():
                 cid, _, kind = info.name.partition(".")
-                cid, kind = (info.name.rsplit(".frames", 1)[0], "frames") if info.name.endswith(".frames") \
+                cid, kind = (
+                    (info.name.rsplit(".frames", 1)[0], "frames")
+                    if info.name.endswith(".frames")
                     else (info.name.rsplit(".pcm16.npy", 1)[0], "pcm16.npy")
+                )
                 where = reader.entry(cid)["members"][kind]
                 assert (info.offset_data, info.size) == (where["offset"], where["size"])
 
@@ -106,18 +130,80 @@ def test_first_audio_stream_is_used_and_downmixed(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     muxed = src / "two_audio.mkv"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(video), "-i", str(stereo_src), "-map", "0:v:0",
-                    "-map", "1:a:0", "-map", "0:a:0", "-c", "copy", "-t", "3", str(muxed)], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(video),
+            "-i",
+            str(stereo_src),
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a:0",
+            "-map",
+            "0:a:0",
+            "-c",
+            "copy",
+            "-t",
+            "3",
+            str(muxed),
+        ],
+        check=True,
+        timeout=60,
+    )
     run(str(src), str(tmp_path / "two"), workers=1)
     single = tmp_path / "single"
     single.mkdir()
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(video), "-i", str(stereo_src), "-map", "0:v:0",
-                    "-map", "1:a:0", "-c", "copy", "-t", "3", str(single / "one_audio.mkv")], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(video),
+            "-i",
+            str(stereo_src),
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a:0",
+            "-c",
+            "copy",
+            "-t",
+            "3",
+            str(single / "one_audio.mkv"),
+        ],
+        check=True,
+        timeout=60,
+    )
     run(str(single), str(tmp_path / "one"), workers=1)
     two, one = read_audio(tmp_path / "two", "two_audio"), read_audio(tmp_path / "one", "one_audio")
     assert len(two) == len(one) and np.array_equal(two, one)
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(single / "one_audio.mkv"), "-map", "0:a:0", "-ac", "2",
-                          "-ar", "16000", "-f", "s16le", "-"], capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(single / "one_audio.mkv"),
+            "-map",
+            "0:a:0",
+            "-ac",
+            "2",
+            "-ar",
+            "16000",
+            "-f",
+            "s16le",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     stereo = np.frombuffer(raw, "<i2").reshape(-1, 2).astype(np.float32) / 32767
     n = min(len(stereo), len(one))
     # downmix = channel mean (within int16 rounding)

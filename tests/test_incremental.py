@@ -1,13 +1,13 @@
 """Re-running a cache step on unchanged input is a no-op; a changed input is the only one redone."""
+
 import os
 import shutil
 
-
-from components.cache import read_clip
-from components.cache_builder import read_manifest
-from components.extract_clips import run
 from sample_data import AV
 
+from components.extract_clips import run
+from xkd.data.cache import read_clip
+from xkd.data.cache_build import read_manifest
 
 
 def test_rerun_is_a_noop_and_changes_are_incremental(tmp_path):
@@ -24,8 +24,9 @@ def test_rerun_is_a_noop_and_changes_are_incremental(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # nothing rewritten
 
     # replace one input: only it is processed again, the other entry keeps its shard
-    shutil.copy(AV / "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi",
-                src / "TrumanShow_wave_f_nm_np1_fr_med_26.avi")
+    shutil.copy(
+        AV / "SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi", src / "TrumanShow_wave_f_nm_np1_fr_med_26.avi"
+    )
     third = run(str(src), str(out))
     assert third["reused_from_previous_run"] == 1 and third["ok"] == 2
     entries = {e["clip_id"]: e for e in read_manifest(out)}
@@ -36,7 +37,9 @@ def test_rerun_is_a_noop_and_changes_are_incremental(tmp_path):
     # a removed input disappears from the manifest, and its no longer referenced shard is deleted
     os.remove(src / "big_buck_bunny_432_433.webm")
     fourth = run(str(src), str(out))
-    assert fourth["inputs"] == 1 and [e["clip_id"] for e in read_manifest(out)] == ["TrumanShow_wave_f_nm_np1_fr_med_26"]
+    assert fourth["inputs"] == 1 and [e["clip_id"] for e in read_manifest(out)] == [
+        "TrumanShow_wave_f_nm_np1_fr_med_26"
+    ]
     assert {p.name for p in out.glob("shard-*.tar")} == {read_manifest(out)[0]["shard"]}
 
 

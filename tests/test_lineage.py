@@ -1,4 +1,5 @@
 """Lineage in a temporary MLflow store: digests come from content (an edit that keeps mtime shows)."""
+
 from __future__ import annotations
 
 import os
@@ -9,10 +10,10 @@ import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
-
-from components.errors import UsageError
-from components.lineage import collect, dvc_md5, dvc_recorded_md5, git_commit, log_lineage, tag_model_version
 from sample_data import AV, REPO
+
+from xkd.errors import UsageError
+from xkd.tracking.lineage import collect, dvc_md5, dvc_recorded_md5, git_commit, log_lineage, tag_model_version
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,9 @@ def test_one_byte_edit_with_same_mtime_changes_the_logged_digest(tmp_path, store
 
     def record():
         with mlflow.start_run() as run:
-            log_lineage(collect(datasets={"tiny": str(data)}, splits=[("ucf101", 1)], caches=split_caches,
-                                repo=tmp_path))
+            log_lineage(
+                collect(datasets={"tiny": str(data)}, splits=[("ucf101", 1)], caches=split_caches, repo=tmp_path)
+            )
         return store.get_run(run.info.run_id)
 
     first = record()

@@ -1,4 +1,5 @@
 """Partitioned extraction + merge equals one run over the same inputs (ids, counts, frames, audio)."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from components.cache import CacheReader
-from components.errors import UsageError
-from components.merge_caches import main, merge, partition, pod_hours, write_partitions
 from sample_data import AV
+
+from components.merge_caches import main, merge, partition, pod_hours, write_partitions
+from xkd.data.cache import CacheReader
+from xkd.errors import UsageError
 
 
 def test_partition_is_deterministic_balanced_and_nearly_stable():
@@ -75,8 +76,9 @@ def test_spectrograms_from_a_merged_clip_cache(merged, tmp_path):
 
     cache, report, _ = merged
     spec = run(str(tmp_path / "spec"), clips=str(cache), workers=1)
-    assert spec["inputs"] == report["ok"] and spec["ok"] == sum(1 for e in CacheReader(cache).entries.values()
-                                                                  if e["audio"] is not None)
+    assert spec["inputs"] == report["ok"] and spec["ok"] == sum(
+        1 for e in CacheReader(cache).entries.values() if e["audio"] is not None
+    )
 
 
 def test_merge_refuses_overlap_and_unfinished_parts(merged, tmp_path):

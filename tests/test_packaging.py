@@ -1,4 +1,5 @@
 """The install contract: the README's two commands, pinned dependencies, CI calling the README's test."""
+
 import re
 import tomllib
 

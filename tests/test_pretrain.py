@@ -1,5 +1,6 @@
 """Pretraining on real sample clips (tiny preset): logged terms, exact resume after SIGKILL at any moment,
 2-process torchrun, MLflow nesting, config errors, the EMA closed form."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from components.errors import UsageError
 from sample_data import REPO
+
+from xkd.errors import UsageError
 
 STEPS = 12
 OVERRIDES = ["checkpoint.every_steps=4", "model.lr=5e-4"]
@@ -30,10 +31,20 @@ def command(clips, output) -> list[str]:
 
 
 def launch(clips, output, env_extra=None, wait=True):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{Path(output).parent / 'mlflow.db'}",
-           "PYTHONPATH": str(REPO), **(env_extra or {})}
-    proc = subprocess.Popen(command(clips, output), cwd=Path(output).parent, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{Path(output).parent / 'mlflow.db'}",
+        "PYTHONPATH": str(REPO),
+        **(env_extra or {}),
+    }
+    proc = subprocess.Popen(
+        command(clips, output),
+        cwd=Path(output).parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if wait:
         out, err = proc.communicate(timeout=600)
         return proc.returncode, err
@@ -64,8 +75,21 @@ def reference(tmp_path_factory, micro_clips):
 def test_every_term_is_logged_finite_and_the_loss_falls(reference):
     rows = [json.loads(l) for l in (reference / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-    terms = ("total", "rec_v", "rec_a", "kd_vt2as", "kd_at2vs", "mmd_student", "mmd_teacher", "lr",
-             "ema_momentum", "teacher_temp_video", "teacher_temp_audio", "grad_norm", "clips_per_s")
+    terms = (
+        "total",
+        "rec_v",
+        "rec_a",
+        "kd_vt2as",
+        "kd_at2vs",
+        "mmd_student",
+        "mmd_teacher",
+        "lr",
+        "ema_momentum",
+        "teacher_temp_video",
+        "teacher_temp_audio",
+        "grad_norm",
+        "clips_per_s",
+    )
     for r in rows:
         assert all(torch.isfinite(torch.tensor(r[t])) for t in terms), r
     totals = [r["total"] for r in rows]
@@ -73,9 +97,13 @@ def test_every_term_is_logged_finite_and_the_loss_falls(reference):
     assert rows[0]["ema_momentum"] == pytest.approx(0.997) and rows[-1]["lr"] < rows[1]["lr"]
     assert (reference / "loss_curves.png").stat().st_size > 10_000
     final = reference / "final"
-    assert {p.name for p in final.iterdir()} == {"video_student.safetensors", "video_teacher.safetensors",
-                                                 "audio_student.safetensors", "audio_teacher.safetensors",
-                                                 "config.json"}
+    assert {p.name for p in final.iterdir()} == {
+        "video_student.safetensors",
+        "video_teacher.safetensors",
+        "audio_student.safetensors",
+        "audio_teacher.safetensors",
+        "config.json",
+    }
     kept = sorted(p.name for p in (reference / "checkpoints").iterdir())
     assert kept == ["ckpt-00000004", "ckpt-00000008", "ckpt-00000012"]
     assert all((reference / "checkpoints" / k / "bundle" / "video_teacher.safetensors").exists() for k in kept)
@@ -135,16 +163,39 @@ def test_killed_at_a_random_time_resumes_bit_identical(reference, micro_clips, t
 def test_torchrun_two_cpu_processes(micro_clips, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "components.pretrain", "--config", "tiny", "--clips", str(micro_clips), "--output", str(out),
-                "--max-steps", "3", "--set", "train.batch_size=1", "--set", "train.check_replicas_every=1"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "components.pretrain",
+        "--config",
+        "tiny",
+        "--clips",
+        str(micro_clips),
+        "--output",
+        str(out),
+        "--max-steps",
+        "3",
+        "--set",
+        "train.batch_size=1",
+        "--set",
+        "train.check_replicas_every=1",
+    ]
     done = subprocess.run(torchrun, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     # replicas are compared (weights + DINO centres) after every step: a divergence would fail the run
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    params = __import__("mlflow").MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(
-        json.loads((out / "run.json").read_text())["mlflow_run_id"]).data.params
+    params = (
+        __import__("mlflow")
+        .MlflowClient(env["MLFLOW_TRACKING_URI"])
+        .get_run(json.loads((out / "run.json").read_text())["mlflow_run_id"])
+        .data.params
+    )
     assert params["derived.world_size"] == "2" and params["derived.effective_batch"] == "2"
 
 
@@ -157,14 +208,20 @@ def test_bad_config_key_and_changed_config_are_clear_errors(reference, micro_cli
     with pytest.raises(UsageError, match="model: unknown config key 'widht'"):
         run("tiny", str(micro_clips), None, str(tmp_path / "o"), overrides=["model.widht=3"])
     with pytest.raises(UsageError, match="holds a run with another config"):
-        run("tiny", str(micro_clips), None, str(reference), max_steps=STEPS,
-            overrides=["checkpoint.every_steps=4", "model.lr=1e-3"])
+        run(
+            "tiny",
+            str(micro_clips),
+            None,
+            str(reference),
+            max_steps=STEPS,
+            overrides=["checkpoint.every_steps=4", "model.lr=1e-3"],
+        )
 
 
 def test_one_step_ema_update_equals_the_closed_form(micro_clips, tmp_path, monkeypatch):
     import model as xkd_model
     from components.pretrain import run
-    from components.train_config import load_config
+    from xkd.train.config import load_config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -185,13 +242,14 @@ def final_state_at(output, step):
     return load_file(str(Path(output) / "checkpoints" / f"ckpt-{step:08d}" / "model.safetensors"))
 
 
-def test_selection_scores_every_checkpoint_and_role_and_registers_the_champion(reference, micro_clips, tmp_path,
-                                                                               monkeypatch):
+def test_selection_scores_every_checkpoint_and_role_and_registers_the_champion(
+    reference, micro_clips, tmp_path, monkeypatch
+):
     import mlflow
 
     import model as xkd_model
-    from components import registry
     from components.select_checkpoint import run
+    from xkd.tracking import registry
 
     monkeypatch.chdir(reference.parent)  # the pipeline's outputs/mlflow_parent.json
     uri = f"sqlite:///{reference.parent / 'mlflow.db'}"
@@ -225,8 +283,14 @@ def test_non_finite_loss_stops_naming_the_term_and_bad_tracking_fails_at_start(m
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     # a zero teacher temperature makes the video-teacher -> audio-student distillation term non-finite
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0: .*kd_vt2as"):
-        run("tiny", str(micro_clips), None, str(tmp_path / "nan"), max_steps=2,
-            overrides=["model.video_teacher_temp=0.0", "model.video_warmup_teacher_temp=0.0"])
+        run(
+            "tiny",
+            str(micro_clips),
+            None,
+            str(tmp_path / "nan"),
+            max_steps=2,
+            overrides=["model.video_teacher_temp=0.0", "model.video_warmup_teacher_temp=0.0"],
+        )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(UsageError, match="127.0.0.1:9"):
         run("tiny", str(micro_clips), None, str(tmp_path / "unreachable"), max_steps=2)

@@ -1,5 +1,6 @@
 """Pretraining views from the real sample caches: shapes, alignment, augmentation statistics, seeding,
 rank/worker coverage, short and unreadable clips, evaluation windows, and a tiny-model step."""
+
 import math
 
 import numpy as np
@@ -7,13 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from components import views
-from components.cache import read_audio
-from components.eval_data import EvalClips
-from components.logmel import HOP, log_mel
-from components.photometric import IMAGENET_MEAN, IMAGENET_STD, finish_batch
-from components.pretrain_data import (EpochSampler, PretrainDataset, UnreadableClip, ViewConfig, collate,
-                                      sample_seed)
+from xkd.data import views
+from xkd.data.cache import read_audio
+from xkd.data.logmel import HOP, log_mel
+from xkd.data.photometric import IMAGENET_MEAN, IMAGENET_STD, finish_batch
+from xkd.data.pretrain_dataset import EpochSampler, PretrainDataset, UnreadableClip, ViewConfig, collate, sample_seed
+from xkd.evaluation.views import EvalClips
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +42,28 @@ def test_global_audio_window_starts_at_the_video_t0_to_the_sample(dataset, micro
     entry = dataset.clips.entry("flipping_a_pancake")  # audio starts 7 ms before the video
     offset = entry["audio"]["start_s"] - entry["video"]["start_s"]
     for seed in range(50):
-        win = views.draw_window(torch.Generator().manual_seed(seed), entry["video"]["frames"],
-                                entry["audio"]["samples"], entry["video"]["start_s"], entry["audio"]["start_s"])
+        win = views.draw_window(
+            torch.Generator().manual_seed(seed),
+            entry["video"]["frames"],
+            entry["audio"]["samples"],
+            entry["video"]["start_s"],
+            entry["audio"]["start_s"],
+        )
         assert win.sample0 == round((win.frame0 / 8 - offset) * 16000)
         assert 0 <= win.frame0 <= entry["video"]["frames"] - 32
         assert 0 <= win.sample0 <= entry["audio"]["samples"] - 64000
     # the dataset's global audio view is the log-mel of exactly that window, times the drawn gain
     wave = torch.from_numpy(read_audio(micro_clips, "flipping_a_pancake"))
     g = torch.Generator().manual_seed(sample_seed(7, 0, 0))
-    win = views.draw_window(g, entry["video"]["frames"], len(wave), entry["video"]["start_s"], entry["audio"]["start_s"])
+    win = views.draw_window(
+        g, entry["video"]["frames"], len(wave), entry["video"]["start_s"], entry["audio"]["start_s"]
+    )
     index = dataset.ids.index("flipping_a_pancake")
     got = dataset[(index, 0, 0)]["audio"][0]
-    exact = log_mel(wave[win.sample0: win.sample0 + 64000])
-    shift = got - exact                                   # ln(g^2)/4.41, a constant where mel >> eps
+    exact = log_mel(wave[win.sample0 : win.sample0 + 64000])
+    shift = got - exact  # ln(g^2)/4.41, a constant where mel >> eps
     assert shift.std() < 1e-3 and abs(shift.mean()) <= 2 * math.log(1.1) / 4.410007 + 1e-4
-    off_by_one = log_mel(wave[win.sample0 + HOP: win.sample0 + HOP + 64000])
+    off_by_one = log_mel(wave[win.sample0 + HOP : win.sample0 + HOP + 64000])
     assert (got - off_by_one).std() > 10 * shift.std()  # a shifted window would not match
 
 
@@ -80,7 +87,8 @@ def test_augmentation_parameter_statistics():
     assert all(p.blur_sigma == (0.1, 2.0) for p in local)  # the official fixed, vertical blur
     glob = [views.draw_photometric(g) for _ in range(n)]
     assert not any(p.grey or p.blur for p in glob)
-    b = np.array([p.brightness for p in glob]); h = np.array([p.hue for p in glob])
+    b = np.array([p.brightness for p in glob])
+    h = np.array([p.hue for p in glob])
     assert 0.6 <= b.min() and b.max() <= 1.4 and -0.2 <= h.min() and h.max() <= 0.2
     assert len({p.order for p in glob}) == 24  # every order of the four jitter ops occurs
     flips = [views.uniform(g, 0, 1) < 0.5 for _ in range(n)]
@@ -90,10 +98,10 @@ def test_augmentation_parameter_statistics():
 def test_same_seed_same_views_and_workers_do_not_matter(dataset, micro_clips, micro_spectrograms):
     a, b = dataset[(1, 3, 5)], dataset[(1, 3, 5)]
     assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio_local"][0], b["audio_local"][0])
-    assert not torch.equal(a["video"], dataset[(1, 3, 6)]["video"])          # another position
-    assert not torch.equal(a["video"], dataset[(1, 4, 5)]["video"])          # another epoch
+    assert not torch.equal(a["video"], dataset[(1, 3, 6)]["video"])  # another position
+    assert not torch.equal(a["video"], dataset[(1, 4, 5)]["video"])  # another epoch
     other = PretrainDataset(micro_clips, micro_spectrograms, ViewConfig(), seed=8)
-    assert not torch.equal(a["video"], other[(1, 3, 5)]["video"])           # another seed
+    assert not torch.equal(a["video"], other[(1, 3, 5)]["video"])  # another seed
 
     def batches(workers):
         sampler = EpochSampler(len(dataset), num_replicas=1, rank=0, seed=7)
@@ -107,24 +115,24 @@ def test_same_seed_same_views_and_workers_do_not_matter(dataset, micro_clips, mi
 def test_every_index_once_per_epoch_across_ranks_apart_from_padding():
     n, ranks = 10, 3
     per_rank = [list(EpochSampler(n, ranks, r, seed=1)) for r in range(ranks)]
-    assert [len(p) for p in per_rank] == [4, 4, 4]                          # same number of batches
+    assert [len(p) for p in per_rank] == [4, 4, 4]  # same number of batches
     keys = [k for p in per_rank for k in p]
-    assert sorted(pos for _, _, pos in keys) == list(range(12))              # positions unique
+    assert sorted(pos for _, _, pos in keys) == list(range(12))  # positions unique
     counts = np.bincount([i for i, _, _ in keys], minlength=n)
-    assert counts.min() == 1 and counts.sum() - n == 2                       # padding repeats 2 clips
+    assert counts.min() == 1 and counts.sum() - n == 2  # padding repeats 2 clips
     order = EpochSampler(n, ranks, 0, seed=1).order()
     assert [i for i, c in enumerate(counts) if c == 2] == sorted(order[:2])  # ... the first two of the order
     s = EpochSampler(n, ranks, 1, seed=1)
-    s.set_epoch(0, start=2)                                                  # resume mid-epoch
+    s.set_epoch(0, start=2)  # resume mid-epoch
     assert list(s) == per_rank[1][2:] and len(s) == 2
     s.set_epoch(1)
-    assert [i for i, _, _ in s] != [i for i, _, _ in per_rank[1]]            # reshuffled each epoch
+    assert [i for i, _, _ in s] != [i for i, _, _ in per_rank[1]]  # reshuffled each epoch
 
 
 def test_short_clips_are_padded_and_flagged(micro_clips, micro_spectrograms):
     for source in ("waveform", "spectrogram"):
         ds = PretrainDataset(micro_clips, micro_spectrograms, ViewConfig(audio_source=source))
-        index = ds.ids.index("big_buck_bunny_432_433")                       # 1.0 s: 8 frames, 16 k samples
+        index = ds.ids.index("big_buck_bunny_432_433")  # 1.0 s: 8 frames, 16 k samples
         sample = ds[(index, 0, 0)]
         assert sample["padded_video"] and sample["padded_audio"]
         frames = sample["video"].permute(1, 0, 2, 3)
@@ -142,7 +150,7 @@ def test_unreadable_clip_raises_naming_it_or_is_skipped_and_counted(tmp_path, mi
     broken = tmp_path / "clips"
     shutil.copytree(micro_clips, broken)
     for shard in broken.glob("shard-*.tar"):
-        shard.write_bytes(shard.read_bytes()[:2048])                         # truncate every shard
+        shard.write_bytes(shard.read_bytes()[:2048])  # truncate every shard
     ds = PretrainDataset(broken, None, ViewConfig())
     with pytest.raises(UnreadableClip, match="R6llTwEh07w"):
         ds[(ds.ids.index("R6llTwEh07w"), 0, 0)]
@@ -154,7 +162,7 @@ def test_unreadable_clip_raises_naming_it_or_is_skipped_and_counted(tmp_path, mi
 
 def test_eval_windows_are_uniform_with_centre_or_three_crops(micro_clips, micro_spectrograms):
     ev = EvalClips(micro_clips, micro_spectrograms, clips_per_video=3, crops=3)
-    item = ev[ev.ids.index("R6llTwEh07w")]                                   # 81 frames, 160 k samples
+    item = ev[ev.ids.index("R6llTwEh07w")]  # 81 frames, 160 k samples
     assert item["video"].shape == (9, 3, 32, 112, 112) and item["audio"].shape == (3, 1, 80, 448)
     wins = [views.draw_window(None, 81, 160125, position=p) for p in (0.0, 0.5, 1.0)]
     assert [w.frame0 for w in wins] == [0, 24, 48]  # the audio (10.008 s) bounds the last t0
@@ -162,7 +170,7 @@ def test_eval_windows_are_uniform_with_centre_or_three_crops(micro_clips, micro_
     centre = EvalClips(micro_clips, None, clips_per_video=3, crops=1)[ev.ids.index("R6llTwEh07w")]["video"]
     # window-major order: [w0 left, w0 centre, w0 right, w1 left, ...]; the middle crop is the centre crop
     assert torch.equal(centre[0], item["video"][1]) and torch.equal(centre[1], item["video"][4])
-    assert not torch.allclose(item["video"][0], item["video"][2])            # left != right crop
+    assert not torch.allclose(item["video"][0], item["video"][2])  # left != right crop
 
 
 def test_the_dataset_feeds_the_tiny_model(dataset):
@@ -184,7 +192,7 @@ def test_fast_audio_path_differences_are_what_the_readme_says(micro_clips, micro
 
     m = measure(micro_clips, micro_spectrograms, stride=40)
     for n in (64000, 16000):
-        assert max(m["interior"][n]) <= 2 ** -8                  # only float16 storage differs inside
-        assert max(m["edge"][n]) > 0.1                           # the edges really differ (documented)
+        assert max(m["interior"][n]) <= 2**-8  # only float16 storage differs inside
+        assert max(m["edge"][n]) > 0.1  # the edges really differ (documented)
     for g, d in m["jitter"].items():
         assert d.mean() < 5e-3 and d.max() <= abs(views.volume_shift(g)) + 1e-3

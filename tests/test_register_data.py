@@ -1,4 +1,5 @@
 """`make data`: validate a copy, dvc add it, push to a local remote, pull it back (temp git repo, real media)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,10 +10,10 @@ import sys
 
 import pytest
 import yaml
-
-from components.errors import UsageError
-from components.register_data import main, run
 from sample_data import AV
+
+from components.register_data import main, run
+from xkd.errors import UsageError
 
 
 def _sha(path):

@@ -1,17 +1,18 @@
-"""components.registry on a temporary sqlite store with a real tiny encoder bundle."""
+"""xkd.tracking.registry on a temporary sqlite store with a real tiny encoder bundle."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import mlflow
 import pytest
 
-mlflow = pytest.importorskip("mlflow")
-
-import model  # noqa: E402
-from components import registry, tracking  # noqa: E402
-from components.errors import UsageError  # noqa: E402
+import model
+from xkd.errors import UsageError
+from xkd.tracking import registry
+from xkd.tracking import runs as tracking
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +31,11 @@ def registered(tmp_path_factory):
         versions, runs = [], []
         for i in range(2):
             with tracking.step_run("select_checkpoint", parent) as run:
-                versions.append(registry.register_encoder(bundle, run.info.run_id,
-                                                          tags={"selection.rule": "val_loss", "round": i}))
+                versions.append(
+                    registry.register_encoder(bundle, run.info.run_id, tags={"selection.rule": "val_loss", "round": i})
+                )
                 runs.append(run.info.run_id)
-        yield {"client": mlflow.MlflowClient(uri), "bundle": bundle, "versions": versions, "runs": runs,
-               "root": root}
+        yield {"client": mlflow.MlflowClient(uri), "bundle": bundle, "versions": versions, "runs": runs, "root": root}
 
 
 def _all_artifacts(client, run_id, path=""):

@@ -1,4 +1,5 @@
 """Every kind of bad input becomes a reject row with its code and a readable reason; the run goes on."""
+
 import json
 import os
 import shutil
@@ -6,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
-from components.cache_builder import read_report
-from components.extract_clips import run
 from sample_data import AV, ESC, REPO
 
+from components.extract_clips import run
+from xkd.data.cache_build import read_report
 
 
 def _make_bad_inputs(folder):
@@ -26,9 +26,15 @@ def _make_bad_inputs(folder):
     shutil.copy(AV / "v_SoccerJuggling_g23_c01.avi", folder / "silent.avi")
     shutil.copy(AV / "big_buck_bunny_432_433.webm", folder / "short.webm")  # 1.0 s, with audio
     shutil.copy(AV / "R6llTwEh07w.mp4", folder / "good.mp4")
-    return {"empty.mp4": "empty_file", "not_media.mp4": "unreadable", "truncated.mp4": "unreadable",
-            "truncated.mkv": "decode_error", "audio_only.ogg": "no_video", "silent.avi": "no_audio",
-            "short.webm": "too_short"}
+    return {
+        "empty.mp4": "empty_file",
+        "not_media.mp4": "unreadable",
+        "truncated.mp4": "unreadable",
+        "truncated.mkv": "decode_error",
+        "audio_only.ogg": "no_video",
+        "silent.avi": "no_audio",
+        "short.webm": "too_short",
+    }
 
 
 def test_each_bad_input_maps_to_its_code(tmp_path):
@@ -60,8 +66,9 @@ def test_missing_file_in_a_list_is_reported(tmp_path):
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "components.extract_clips", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "components.extract_clips", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_cli_exit_codes(tmp_path):
@@ -89,7 +96,7 @@ def test_help_works():
 
 
 def test_bad_numbers_are_usage_errors(tmp_path):
-    from components.errors import UsageError
+    from xkd.errors import UsageError
 
     with pytest.raises(UsageError, match="must be positive"):
         run(str(AV), str(tmp_path / "o"), fps=0)

@@ -1,4 +1,5 @@
 """The embedded real media are exactly the files their provenance manifest describes."""
+
 import hashlib
 
 from sample_data import SAMPLES, sample_manifest

@@ -1,22 +1,22 @@
 """The torchaudio front end equals the official librosa one on real audio; the cache round-trips."""
+
 import librosa
 import numpy as np
 import pytest
 import torch
-
-from components.cache import open_cache, read_audio, read_spectrogram
-from components.cache_builder import read_manifest, read_report
-from components.logmel import HOP, LOG_EPS, NORM_MEAN, NORM_STD, frames_for, log_mel
 from sample_data import ESC
 
+from xkd.data.cache import open_cache, read_audio, read_spectrogram
+from xkd.data.cache_build import read_manifest, read_report
+from xkd.data.logmel import HOP, LOG_EPS, NORM_MEAN, NORM_STD, frames_for, log_mel
 
 
 def librosa_log_mel(wave: np.ndarray) -> np.ndarray:
     """The official front end (librosa; reflect padding was librosa 0.8's default, passed explicitly)."""
-    stft = librosa.stft(wave, n_fft=1024, hop_length=143, win_length=1024, window="hann", center=True,
-                        pad_mode="reflect")
-    mel_basis = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=80, fmin=0.0, fmax=8000.0, htk=False,
-                                    norm="slaney")
+    stft = librosa.stft(
+        wave, n_fft=1024, hop_length=143, win_length=1024, window="hann", center=True, pad_mode="reflect"
+    )
+    mel_basis = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=80, fmin=0.0, fmax=8000.0, htk=False, norm="slaney")
     mel = mel_basis @ (np.abs(stft) ** 2)
     return (np.log(mel + LOG_EPS) - NORM_MEAN) / NORM_STD
 
@@ -62,7 +62,7 @@ def test_cached_clip_spectrograms_round_trip(micro_clips, micro_spectrograms):
         assert cached.dtype == np.float32 and cached.shape == exact.shape == (80, entry["spectrogram"]["frames"])
         # float16 storage: half an ulp at |x| < 8 is <= 2**-8 = 3.9e-3
         err = np.abs(cached - exact)
-        assert err.max() <= 2 ** -8 and err.max() <= np.abs(exact).max() * 2 ** -11 + 1e-7
+        assert err.max() <= 2**-8 and err.max() <= np.abs(exact).max() * 2**-11 + 1e-7
         assert entry["spectrogram"]["dtype"] == "float16" and entry["spectrogram"]["hop"] == HOP
 
 
@@ -78,7 +78,7 @@ def test_esc10_audio_files_are_cached(micro_esc_spectrograms):
 
 def test_spectrogram_cli_needs_one_source(tmp_path):
     from components.cache_spectrograms import run
-    from components.errors import UsageError
+    from xkd.errors import UsageError
 
     with pytest.raises(UsageError, match="exactly one of --clips"):
         run(str(tmp_path / "o"))

@@ -1,4 +1,5 @@
 """Official split lists: provenance (sha256 of every vendored file), the official counts, the validator."""
+
 from __future__ import annotations
 
 import csv
@@ -7,10 +8,10 @@ import json
 import shutil
 
 import pytest
-
-from components.errors import UsageError
-from components.splits import SPLITS_DIR, load_split, main, split_files, validate
 from sample_data import AV
+
+from components.splits import SPLITS_DIR, load_split, main, split_files, validate
+from xkd.errors import UsageError
 
 OFFICIAL = {  # (dataset, split): {subset: count}, from each dataset's paper / release notes
     ("ucf101", 1): {"train": 9537, "test": 3783},
@@ -33,8 +34,11 @@ def test_provenance_covers_every_file_with_its_sha256():
     with open(SPLITS_DIR / "PROVENANCE.tsv", newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     listed = {r["path"] for r in rows}
-    on_disk = {p.relative_to(SPLITS_DIR).as_posix() for p in SPLITS_DIR.rglob("*")
-               if p.is_file() and p.name not in ("README.md", "PROVENANCE.tsv")}
+    on_disk = {
+        p.relative_to(SPLITS_DIR).as_posix()
+        for p in SPLITS_DIR.rglob("*")
+        if p.is_file() and p.name not in ("README.md", "PROVENANCE.tsv")
+    }
     assert listed == on_disk
     for r in rows:
         data = (SPLITS_DIR / r["path"]).read_bytes()
@@ -88,8 +92,10 @@ def test_validator_counts_missing_files_without_crashing(tmp_path):
 
 def test_validate_cli(tmp_path, capsys):
     out = tmp_path / "report.json"
-    assert main(["validate", "--dataset", "hmdb51", "--root", str(AV), "--split", "3", "--json", str(out),
-                 "--show", "1"]) == 0
+    assert (
+        main(["validate", "--dataset", "hmdb51", "--root", str(AV), "--split", "3", "--json", str(out), "--show", "1"])
+        == 0
+    )
     report = json.loads(out.read_text())
     # RATRACE/SchoolRules/TrumanShow (wave) are HMDB51 clips, all three used in split 3 (SchoolRules is 0 =
     # unused in splits 1-2); the Pippi clip carries an `hmdb51_` prefix its source repo added, so it misses.
@@ -111,10 +117,11 @@ def test_user_provided_kinetics400_csv(tmp_path):
         load_split("kinetics400", splits_dir=tmp_path)
     k = tmp_path / "kinetics400"
     k.mkdir()
-    (k / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
-                                 "using segway,R6llTwEh07w,0,10,train\nabseiling,zzzzzzzzzzz,12,22,train\n")
-    (k / "val.csv").write_text("label,youtube_id,time_start,time_end,split\n"
-                               "using segway,SOX5yA1l24A,299,309,val\n")
+    (k / "train.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "using segway,R6llTwEh07w,0,10,train\nabseiling,zzzzzzzzzzz,12,22,train\n"
+    )
+    (k / "val.csv").write_text("label,youtube_id,time_start,time_end,split\nusing segway,SOX5yA1l24A,299,309,val\n")
     rows = load_split("kinetics400", splits_dir=tmp_path)
     assert [r.path for r in rows][0] == "using segway/R6llTwEh07w_000000_000010.mp4"
     root = tmp_path / "copy"

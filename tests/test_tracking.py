@@ -1,4 +1,5 @@
-"""components.tracking on a temporary sqlite store (never the project's mlflow.db)."""
+"""xkd.tracking.runs on a temporary sqlite store (never the project's mlflow.db)."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,12 @@ import math
 import socket
 import time
 
+import matplotlib
+import mlflow
 import pytest
 
-mlflow = pytest.importorskip("mlflow")
-
-from components import tracking  # noqa: E402
-from components.errors import UsageError  # noqa: E402
+from xkd.errors import UsageError
+from xkd.tracking import runs as tracking
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def parent(store, tmp_path):
 
 def test_uri_default_and_env(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{tracking.ROOT / 'mlflow.db'}"
+    assert tracking.tracking_uri() == f"sqlite:///{tracking.REPO / 'mlflow.db'}"
     assert tracking.tracking_uri().startswith("sqlite:////")  # absolute: the same store from any directory
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/x.db")
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/x.db"
@@ -116,9 +117,12 @@ def test_step_run_failed_on_exception_and_resume_reuses_run(store, parent):
 
 
 def test_log_params_flat(store, parent):
-    cfg = {"model": {"preset": "tiny", "patch": [4, 16, 16], "heads": {"out_dim": 8}},
-           "optim": {"lr": 1e-4, "betas": (0.9, 0.95)}, "note": "x" * 7000,
-           "many": {f"k{i}": i for i in range(150)}}  # > 100 params: more than one batch
+    cfg = {
+        "model": {"preset": "tiny", "patch": [4, 16, 16], "heads": {"out_dim": 8}},
+        "optim": {"lr": 1e-4, "betas": (0.9, 0.95)},
+        "note": "x" * 7000,
+        "many": {f"k{i}": i for i in range(150)},
+    }  # > 100 params: more than one batch
     with tracking.step_run("pretrain", parent) as run:
         logged = tracking.log_params_flat(cfg)
     params = store.get_run(run.info.run_id).data.params
@@ -160,7 +164,6 @@ def test_non_finite_metric_raises_naming_it(store, parent):
 
 
 def test_log_png_figure_and_path(store, parent, tmp_path):
-    matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,5 @@
 """Shared fixtures for the model tests: the official unit numbers and small tiny-preset batches."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Official-checkpoint converter (against the recorded official key layout) and encoder bundles."""
+
 from __future__ import annotations
 
 import pytest
@@ -58,7 +59,7 @@ def test_our_model_survives_official_layout_round_trip(tmp_path, variant):
 def test_backbone_only_file(official_keys, tmp_path):
     sd = synthetic_official(official_keys)
     prefix = "vid_student.backbone."
-    backbone = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    backbone = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     torch.save(backbone, tmp_path / "xkd_ep800_vid_student.pth.tar")
     (out,) = convert(tmp_path / "xkd_ep800_vid_student.pth.tar", tmp_path / "out")
     assert out.name == "video_student.safetensors"
@@ -68,12 +69,15 @@ def test_backbone_only_file(official_keys, tmp_path):
     assert enc(torch.randn(1, 3, 8, 96, 96)).shape == (1, 73, 64)
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda sd: sd.update({"vid_student.backbone.extra": torch.zeros(1)}), "unknown key"),
-    (lambda sd: sd.pop("aud_ae.mask_token"), "missing key"),
-    (lambda sd: sd.update({"vid_ae.out_proj.bias": torch.zeros(5)}), "shape mismatch"),
-    (lambda sd: sd.update({"vid_student.head.mlp.4.weight": torch.zeros(128)}), "aliased keys"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda sd: sd.update({"vid_student.backbone.extra": torch.zeros(1)}), "unknown key"),
+        (lambda sd: sd.pop("aud_ae.mask_token"), "missing key"),
+        (lambda sd: sd.update({"vid_ae.out_proj.bias": torch.zeros(5)}), "shape mismatch"),
+        (lambda sd: sd.update({"vid_student.head.mlp.4.weight": torch.zeros(128)}), "aliased keys"),
+    ],
+)
 def test_converter_refuses_wrong_keys_and_shapes(official_keys, tmp_path, damage, message, capsys):
     sd = synthetic_official(official_keys)
     damage(sd)

@@ -1,4 +1,5 @@
 """Encoders: token counts, positional-embedding interpolation (official scale-factor rule), CLS attention."""
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,16 @@ def tiny():
     return Encoder(cfg.encoder("video")), Encoder(cfg.encoder("audio"))
 
 
-@pytest.mark.parametrize("modality,size,tokens", [
-    ("video", (3, 32, 112, 112), 392), ("video", (3, 8, 96, 96), 72), ("video", (3, 32, 224, 224), 1568),
-    ("audio", (1, 80, 448), 560), ("audio", (1, 80, 112), 140)])
+@pytest.mark.parametrize(
+    "modality,size,tokens",
+    [
+        ("video", (3, 32, 112, 112), 392),
+        ("video", (3, 8, 96, 96), 72),
+        ("video", (3, 32, 224, 224), 1568),
+        ("audio", (1, 80, 448), 560),
+        ("audio", (1, 80, 112), 140),
+    ],
+)
 def test_token_counts_for_every_view(tiny, modality, size, tokens):
     enc = tiny[0] if modality == "video" else tiny[1]
     out = enc(torch.randn(1, *size))
@@ -66,6 +74,7 @@ def _cubic_axis(x, axis, out, scale, a=-0.75):
     def k(s):
         s = abs(s)
         return ((a + 2) * s - (a + 3)) * s * s + 1 if s <= 1 else ((a * s - 5 * a) * s + 8 * a) * s - 4 * a
+
     rows = []
     for d in range(out):
         src = (d + 0.5) / scale - 0.5
@@ -118,7 +127,7 @@ def test_cls_attention_is_the_last_blocks_softmax_row(tiny):
         h = blk(h)
     blk = v.blocks[-1]
     qkv = blk.attn.qkv(blk.norm1(h)).reshape(2, 73, 3, v.cfg.heads, -1).permute(2, 0, 3, 1, 4)
-    full = ((qkv[0] @ qkv[1].transpose(-2, -1)) * blk.attn.head_dim ** -0.5).softmax(-1)
+    full = ((qkv[0] @ qkv[1].transpose(-2, -1)) * blk.attn.head_dim**-0.5).softmax(-1)
     assert torch.allclose(attn, full[:, :, 0, 1:], atol=1e-6)
     assert (attn.sum(-1) < 1).all()  # the CLS->CLS weight is excluded
 
@@ -136,8 +145,8 @@ def test_packed_blocks_equal_separate_passes(tiny):
     for p, s in zip(packed, separate):
         assert torch.allclose(p, s, atol=1e-5)
     w = v.blocks[0].attn.qkv.weight
-    g_packed = torch.autograd.grad(sum((p ** 2).sum() for p in packed), [w, *seqs])
-    g_sep = torch.autograd.grad(sum((s ** 2).sum() for s in separate), [w, *seqs])
+    g_packed = torch.autograd.grad(sum((p**2).sum() for p in packed), [w, *seqs])
+    g_sep = torch.autograd.grad(sum((s**2).sum() for s in separate), [w, *seqs])
     for a, b in zip(g_packed, g_sep):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 

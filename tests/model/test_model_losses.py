@@ -1,4 +1,5 @@
 """Losses against numbers recorded from the official classes (tests/fixtures/official_units)."""
+
 from __future__ import annotations
 
 import pytest
@@ -68,8 +69,14 @@ def test_dino_loss_two_calls_with_centre_updates(official, case):
         p = f"dino.{case}.call{call}"
         assert rel(loss_fn.center, t[f"{p}.center_before"]) <= 1e-6  # the centre carried over
         student = t[f"{p}.student_output"].double().requires_grad_(True)
-        loss = loss_fn(student, t[f"{p}.teacher_output"].double(), args["student_temp"], args["teacher_temp"],
-                       args["num_student_views"], args["num_teacher_views"])
+        loss = loss_fn(
+            student,
+            t[f"{p}.teacher_output"].double(),
+            args["student_temp"],
+            args["teacher_temp"],
+            args["num_student_views"],
+            args["num_teacher_views"],
+        )
         loss.backward()
         assert rel(loss, j[f"{p}.loss"]) <= 1e-5
         assert rel(student.grad, t[f"{p}.grad_student_output"]) <= 1e-5
@@ -93,16 +100,22 @@ def test_refine_matches_official(official, mode):
     cv, ca = losses.cross_modal_attention(t["refine.vattn"].double(), t["refine.aattn"].double(), mode)
     assert rel(cv, t[f"refine.{mode}.cvattn"]) <= 1e-5
     assert rel(ca, t[f"refine.{mode}.caattn"]) <= 1e-5
-    fv, fa = losses.refine(t["refine.feat_v"].double(), t["refine.feat_a"].double(),
-                           t["refine.vattn"].double(), t["refine.aattn"].double(), mode)
+    fv, fa = losses.refine(
+        t["refine.feat_v"].double(),
+        t["refine.feat_a"].double(),
+        t["refine.vattn"].double(),
+        t["refine.aattn"].double(),
+        mode,
+    )
     assert rel(fv, t[f"refine.{mode}.aligned_v"]) <= 1e-5
     assert rel(fa, t[f"refine.{mode}.aligned_a"]) <= 1e-5
 
 
 def test_refine_preserves_the_norm_of_the_patch_mean(official):
     t, _ = official
-    fv, _ = losses.refine(t["refine.feat_v"].double(), t["refine.feat_a"].double(),
-                          t["refine.vattn"].double(), t["refine.aattn"].double())
+    fv, _ = losses.refine(
+        t["refine.feat_v"].double(), t["refine.feat_a"].double(), t["refine.vattn"].double(), t["refine.aattn"].double()
+    )
     before = t["refine.feat_v"].double().mean(1).norm(dim=-1)
     assert torch.allclose(fv.mean(1).norm(dim=-1), before, rtol=1e-12)
     assert not torch.allclose(fv, t["refine.feat_v"].double())  # but it did re-weight the patches
@@ -126,15 +139,16 @@ def test_masking_keeps_round_n_times_one_minus_r(n, ratio, keep):
     assert mask.sum(1).tolist() == [n - keep] * 3
     # per-sample (not shared) masks, and the kept tokens are the unmasked ones, in shuffle order
     assert not torch.equal(mask[0], mask[1])
-    restored = torch.gather(torch.cat([kept, torch.zeros(3, n - keep, 4)], 1), 1,
-                            ids.unsqueeze(-1).expand(-1, -1, 4))
+    restored = torch.gather(torch.cat([kept, torch.zeros(3, n - keep, 4)], 1), 1, ids.unsqueeze(-1).expand(-1, -1, 4))
     assert torch.equal(restored[mask == 0], x[mask == 0])
 
 
 def test_reconstruction_loss_uses_unbiased_variance_and_masked_tokens_only():
     g = torch.Generator().manual_seed(1)
-    pred, target = torch.randn(2, 5, 6, generator=g, dtype=torch.float64), torch.randn(2, 5, 6, generator=g,
-                                                                                        dtype=torch.float64)
+    pred, target = (
+        torch.randn(2, 5, 6, generator=g, dtype=torch.float64),
+        torch.randn(2, 5, 6, generator=g, dtype=torch.float64),
+    )
     mask = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.float64)
     expect, n = 0.0, 0
     for b in range(2):
@@ -150,8 +164,9 @@ def test_reconstruction_loss_uses_unbiased_variance_and_masked_tokens_only():
 
 
 def test_total_loss_weights():
-    assert float(losses.total_loss(torch.tensor(7.0), torch.tensor(14.0), torch.tensor(1.4))) == \
-        pytest.approx((7 + 14 + 5 * 1.4) / 7)
+    assert float(losses.total_loss(torch.tensor(7.0), torch.tensor(14.0), torch.tensor(1.4))) == pytest.approx(
+        (7 + 14 + 5 * 1.4) / 7
+    )
 
 
 def test_centre_batch_mean_is_all_reduced_only_when_distributed(official, monkeypatch):

@@ -1,4 +1,5 @@
 """Schedules against every value recorded from the official cosine_scheduler."""
+
 from __future__ import annotations
 
 import numpy as np

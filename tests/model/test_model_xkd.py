@@ -1,4 +1,5 @@
 """The assembled model (tiny preset): loss terms, determinism, gradients, EMA, sharing, optimiser helpers."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,14 +11,22 @@ from model.optim import build_optimizer, clip_grad_per_tensor_
 from model.summary import parameter_counts
 
 OFFICIAL_BASE = {
-    "xkd": (396_374_336, 206_346_560), "mas": (311_347_520, 121_319_744), "mats": (226_320_704, 121_319_744)}
+    "xkd": (396_374_336, 206_346_560),
+    "mas": (311_347_520, 121_319_744),
+    "mats": (226_320_704, 121_319_744),
+}
 
 
 @pytest.mark.parametrize("variant", ["xkd", "mas", "mats"])
 def test_base_parameter_counts_equal_the_official_model(variant):
     c = parameter_counts("base", variant)  # meta device: nothing is allocated
     assert (c["video_encoder"], c["audio_encoder"], c["video_decoder"], c["audio_decoder"], c["head"]) == (
-        87_691_008, 85_509_888, 8_722_560, 7_628_992, 8_405_248)
+        87_691_008,
+        85_509_888,
+        8_722_560,
+        7_628_992,
+        8_405_248,
+    )
     assert c["head_trainable"] == 8_397_056
     assert (c["total"], c["trainable"]) == OFFICIAL_BASE[variant]
 
@@ -38,8 +47,18 @@ def xkd_out(make_batch):
 
 def test_forward_returns_the_named_terms_and_their_weighting(xkd_out):
     _, _, out = xkd_out
-    assert set(out) == {"rec_v", "rec_a", "rec", "kd_vt2as", "kd_at2vs", "kd", "mmd_student", "mmd_teacher",
-                        "da", "total"}
+    assert set(out) == {
+        "rec_v",
+        "rec_a",
+        "rec",
+        "kd_vt2as",
+        "kd_at2vs",
+        "kd",
+        "mmd_student",
+        "mmd_teacher",
+        "da",
+        "total",
+    }
     assert all(torch.isfinite(v) and v.ndim == 0 for v in out.values())
     assert torch.allclose(out["rec"], (out["rec_v"] + out["rec_a"]) / 2)
     assert torch.allclose(out["kd"], (out["kd_vt2as"] + out["kd_at2vs"]) / 2)
@@ -102,12 +121,17 @@ def test_teachers_start_equal_and_ema_moves_only_teachers():
     assert all(torch.equal(a, b) for a, b in zip(snapshot, model.teacher_parameters()))
 
 
-@pytest.mark.parametrize("variant,students,teachers", [("xkd", False, False), ("mas", True, False),
-                                                       ("mats", True, True)])
+@pytest.mark.parametrize(
+    "variant,students,teachers", [("xkd", False, False), ("mas", True, False), ("mats", True, True)]
+)
 def test_variants_share_exactly_the_blocks(variant, students, teachers):
     m = build(preset("tiny", variant), device="meta")
-    vs, as_, vt, at = (m.video_student.encoder, m.audio_student.encoder, m.video_teacher.encoder,
-                       m.audio_teacher.encoder)
+    vs, as_, vt, at = (
+        m.video_student.encoder,
+        m.audio_student.encoder,
+        m.video_teacher.encoder,
+        m.audio_teacher.encoder,
+    )
     assert (vs.blocks is as_.blocks) is students and (vt.blocks is at.blocks) is teachers
     assert vs.blocks is not vt.blocks
     for a, b in ((vs, as_), (vt, at)):  # never shared: embeddings, CLS, pos, final norm
@@ -138,9 +162,16 @@ def test_mas_mats_forward_backward(variant, make_batch):
     assert shared.grad is not None and torch.isfinite(out["total"])
 
 
-@pytest.mark.parametrize("overrides", [dict(teacher_input="global"), dict(refine_mode="none"),
-                                       dict(mmd_distance="direct"), dict(teacher_mmd="drop"),
-                                       dict(at2vs_student_temp="video", video_student_temp=0.2)])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(teacher_input="global"),
+        dict(refine_mode="none"),
+        dict(mmd_distance="direct"),
+        dict(teacher_mmd="drop"),
+        dict(at2vs_student_temp="video", video_student_temp=0.2),
+    ],
+)
 def test_official_flags_switch(overrides, make_batch):
     base = _model()(make_batch(preset("tiny")), generator=torch.Generator().manual_seed(0))
     out = _model(**overrides)(make_batch(preset("tiny")), generator=torch.Generator().manual_seed(0))

@@ -5,6 +5,7 @@ protocol for `kubernetes.client.CustomObjectsApi` (create / get / delete of name
 127.0.0.1, stores objects in memory, and moves a job through the statuses a test scripts (as the Trainer
 controller would). It checks nothing a real API server would (no schema, admission, RBAC).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PATH = re.compile(r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
-                  r"(?:/(?P<name>[^/?]+))?")
+PATH = re.compile(
+    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/?]+))?"
+)
 
 
 class FakeApiServer:
@@ -39,8 +42,17 @@ class FakeApiServer:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str, message: str):
-                self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
-                                   "reason": reason, "message": message})
+                self._reply(
+                    code,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "code": code,
+                        "reason": reason,
+                        "message": message,
+                    },
+                )
 
             def _route(self):
                 fake.requests.append((self.command, self.path))
@@ -103,5 +115,14 @@ class FakeApiServer:
 
 
 def finished(kind: str, reason: str = "", message: str = "") -> dict:
-    return {"conditions": [{"type": kind, "status": "True", "reason": reason, "message": message,
-                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    return {
+        "conditions": [
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ]
+    }

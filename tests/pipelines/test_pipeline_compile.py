@@ -1,8 +1,8 @@
 """The compiled KFP IR: every task, both ParallelFors, the fan-in, GPUs, PVC, /dev/shm, retries, caching, the
 image parameter - asserted on the YAML itself (some kfp releases silently dropped GPU requests)."""
+
 import ast
 import inspect
-import re
 import subprocess
 import sys
 import textwrap
@@ -20,8 +20,13 @@ IMAGE = "registry.example.org/xkd@sha256:" + "0" * 64
 @pytest.fixture(scope="module")
 def ir(tmp_path_factory):
     out = tmp_path_factory.mktemp("ir") / "xkd.yaml"
-    done = subprocess.run([sys.executable, "-m", "pipelines.xkd_pipeline", "compile", "--output", str(out),
-                           "--image", IMAGE], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.xkd_pipeline", "compile", "--output", str(out), "--image", IMAGE],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     spec, platform = yaml.safe_load_all(out.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -29,16 +34,27 @@ def ir(tmp_path_factory):
 
 def tasks(spec) -> dict[str, dict]:
     """Every task of every DAG, by name: {name: (dag component, task)}."""
-    out = {"root": spec["root"]}
     dags = {"root": spec["root"]["dag"], **{k: c["dag"] for k, c in spec["components"].items() if "dag" in c}}
     return {t: (d, task) for d, dag in dags.items() for t, task in dag["tasks"].items()}
 
 
 def test_every_step_is_a_task(ir):
     names = set(tasks(ir[0]))
-    for step in ("mlflow-parent-run", "partition-inputs", "extract-clips", "cache-spectrograms", "merge-partitions",
-                 "merge-partitions-2", "cache-eval-spectrograms", "pretrain", "pretrain-trainjob",
-                 "pretrain-trainjob-2", "select-checkpoint", "evaluate", "report"):
+    for step in (
+        "mlflow-parent-run",
+        "partition-inputs",
+        "extract-clips",
+        "cache-spectrograms",
+        "merge-partitions",
+        "merge-partitions-2",
+        "cache-eval-spectrograms",
+        "pretrain",
+        "pretrain-trainjob",
+        "pretrain-trainjob-2",
+        "select-checkpoint",
+        "evaluate",
+        "report",
+    ):
         assert step in names, step
     order = tasks(ir[0])
     assert "select-checkpoint" in order["for-loop-6"][1]["dependentTasks"]
@@ -47,8 +63,7 @@ def test_every_step_is_a_task(ir):
 
 def test_parallel_fors_over_partitions_and_eval_specs(ir):
     spec = ir[0]
-    loops = {t["taskInfo"]["name"]: (n, t) for n, t in spec["root"]["dag"]["tasks"].items()
-             if "parameterIterator" in t}
+    loops = {t["taskInfo"]["name"]: (n, t) for n, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in t}
     name, parts = loops["partitions"]
     assert parts["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--partition-inputs-Output"}
     assert set(spec["components"][f"comp-{name}"]["dag"]["tasks"]) == {"extract-clips", "cache-spectrograms"}
@@ -77,8 +92,11 @@ def test_gpu_tasks_request_accelerators_and_shm(ir):
         assert shm == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": xp.SHM_SIZE, "volumeName": "dshm"}]
         assert k8s[ex]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("node_selector")
         assert k8s[ex]["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("tolerations")
-    cpu_only = [e for e, x in spec["deploymentSpec"]["executors"].items()
-                if "accelerator" not in (x["container"].get("resources") or {})]
+    cpu_only = [
+        e
+        for e, x in spec["deploymentSpec"]["executors"].items()
+        if "accelerator" not in (x["container"].get("resources") or {})
+    ]
     assert "exec-extract-clips" in cpu_only and "exec-pretrain-trainjob" in cpu_only
 
 
@@ -94,8 +112,14 @@ def test_every_task_mounts_the_pvc_and_runs_the_image_parameter(ir):
 
 def test_retries_on_data_steps_and_no_caching_for_pretrain(ir):
     every = tasks(ir[0])
-    for name in ("partition-inputs", "extract-clips", "cache-spectrograms", "merge-partitions",
-                 "merge-partitions-2", "cache-eval-spectrograms"):
+    for name in (
+        "partition-inputs",
+        "extract-clips",
+        "cache-spectrograms",
+        "merge-partitions",
+        "merge-partitions-2",
+        "cache-eval-spectrograms",
+    ):
         assert every[name][1]["retryPolicy"]["maxRetryCount"] == 3, name
     for name in ("pretrain", "pretrain-trainjob", "pretrain-trainjob-2", "select-checkpoint", "evaluate"):
         assert "retryPolicy" not in every[name][1], name
@@ -133,17 +157,28 @@ def test_each_component_body_calls_exactly_one_step_function():
     bodies = dict(_component_bodies())
     assert len(bodies) >= 12
     for name, fn in bodies.items():
-        modules = {a.asname or a.name for n in ast.walk(fn) if isinstance(n, ast.ImportFrom)
-                   and n.module in ("components", "pipelines") for a in n.names}
-        calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                 and isinstance(n.func.value, ast.Name) and n.func.value.id in modules]
+        modules = {
+            a.asname or a.name
+            for n in ast.walk(fn)
+            if isinstance(n, ast.ImportFrom) and n.module.split(".")[0] in ("components", "pipelines", "xkd")
+            for a in n.names
+        }
+        calls = [
+            n
+            for n in ast.walk(fn)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and isinstance(n.func.value, ast.Name)
+            and n.func.value.id in modules
+        ]
         assert len(calls) == 1, (name, [ast.unparse(c.func) for c in calls])
         assert calls[0].func.attr in ("run", "write_partitions", "merge", "parent_run_id"), name
         assert not [n for n in ast.walk(fn) if isinstance(n, (ast.If, ast.For, ast.While, ast.Try))], name
 
 
-@pytest.mark.parametrize("image", ["xkd:0.1.0", "registry.example.org:5000/team/xkd:2026.11.1",
-                                   "ghcr.io/o/xkd@sha256:" + "a" * 64])
+@pytest.mark.parametrize(
+    "image", ["xkd:0.1.0", "registry.example.org:5000/team/xkd:2026.11.1", "ghcr.io/o/xkd@sha256:" + "a" * 64]
+)
 def test_pinned_images_are_accepted(image):
     assert xp.validate_image(image) == image
 

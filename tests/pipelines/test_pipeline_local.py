@@ -1,6 +1,7 @@
 """`run-local`: the whole KFP DAG under kfp.local.SubprocessRunner(use_venv=False) on the micro sample data
 (tiny preset, 2 steps, 2 partitions), and its metrics.json equal those of `dvc repro` of the same stages on
 the same data and seed (run beside it, in a temporary copy of the project)."""
+
 import csv
 import importlib.util
 import json
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from sample_data import AV, ESC, MICRO_AV
 
 REPO = Path(__file__).resolve().parents[2]
 MISSING = [m for m in ("components.evaluate", "components.report") if importlib.util.find_spec(m) is None]
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(bool(MISSING), reason=f"{', '.join(MISSING)} not written yet (issue 8 order)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(MISSING), reason=f"{', '.join(MISSING)} not written yet (issue 8 order)"),
+]
 SPECS = [{"dataset": "esc10", "protocol": "svm", "folds": "1,2", "role": "selected", "preset": "tiny"}]
 # The bundle's path and the wall time differ between runners by nature; encoder_digest hashes the tensors and
 # sorted metadata (not the file bytes), so it must be equal too.
@@ -45,7 +47,7 @@ def micro_inputs(root: Path) -> dict[str, Path]:
 
 
 def start_dvc(project: Path, inputs: dict[str, Path]) -> subprocess.Popen:
-    for d in ("components", "model", "configs"):
+    for d in ("components", "xkd", "model", "configs"):
         shutil.copytree(REPO / d, project / d, ignore=shutil.ignore_patterns("__pycache__"))
     (project / "data").mkdir()
     for d in ("samples", "splits"):
@@ -61,13 +63,18 @@ def start_dvc(project: Path, inputs: dict[str, Path]) -> subprocess.Popen:
     params["pretrain"]["max_steps"] = 2
     params["eval"] = {**params.get("eval", {}), "specs": SPECS, "controls": []}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("MLFLOW_PARENT_RUN_ID", None)
     dvc = Path(sys.executable).parent / "dvc"
     cmd = f"{dvc} init -q --no-scm && {dvc} repro -q"
-    return subprocess.Popen(cmd, shell=True, cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, shell=True, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def comparable(path: Path) -> dict:
@@ -83,8 +90,9 @@ def test_run_local_matches_dvc_repro(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_PARENT_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)  # a task writing relative to its working directory must not touch the repo
     try:
-        result = run_local(tmp_path / "kfp", max_steps=2, partitions=2, eval_specs=SPECS,
-                           raw={k: str(v) for k, v in inputs.items()})
+        result = run_local(
+            tmp_path / "kfp", max_steps=2, partitions=2, eval_specs=SPECS, raw={k: str(v) for k, v in inputs.items()}
+        )
     finally:
         out, _ = dvc.communicate(timeout=600)
     assert dvc.returncode == 0, out[-3000:]

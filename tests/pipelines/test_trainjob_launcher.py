@@ -1,14 +1,15 @@
 """The TrainJob launcher: the object validates against the official Trainer API models, its pod command is the
 dvc.yaml pretrain stage's, and create/poll/fail/timeout/delete run against a FAKE local API server
 (tests/pipelines/fake_k8s_api.py - no real cluster is reachable here)."""
+
 import shlex
 from pathlib import Path
 
 import pytest
 import yaml
+from fake_k8s_api import FakeApiServer, finished
 from kubeflow_trainer_api import models as tm
 
-from fake_k8s_api import FakeApiServer, finished
 from pipelines import trainjob
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,16 +19,23 @@ def dvc_pretrain_cmd() -> list[str]:
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["pretrain"]["cmd"]
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     text = stage.replace("${pretrain.config}", str(params["pretrain"]["config"])).replace(
-        "${pretrain.max_steps}", str(params["pretrain"]["max_steps"]))
+        "${pretrain.max_steps}", str(params["pretrain"]["max_steps"])
+    )
     assert "${" not in text, text
     return shlex.split(text)
 
 
 def _job(**kw):
     args = trainjob.pretrain_args("configs/pretrain/tiny.yaml", "c", "s", "o", 24)
-    defaults = dict(nodes=2, gpus_per_node=8, pvc_name="xkd-data", tracking_uri="http://mlflow:5000",
-                    node_selector={"gpu": "h100"}, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists",
-                                                                 "effect": "NoSchedule"}], namespace="team")
+    defaults = dict(
+        nodes=2,
+        gpus_per_node=8,
+        pvc_name="xkd-data",
+        tracking_uri="http://mlflow:5000",
+        node_selector={"gpu": "h100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        namespace="team",
+    )
     return trainjob.build("xkd-pretrain-x", "registry.example.org/xkd:0.1.0", args, **{**defaults, **kw})
 
 
@@ -35,8 +43,9 @@ def test_pod_command_is_the_dvc_stage_under_torchrun():
     dvc = dvc_pretrain_cmd()
     assert dvc[:3] == ["python", "-m", "components.pretrain"]
     flags = dict(zip(dvc[3::2], dvc[4::2]))
-    args = trainjob.pretrain_args(flags["--config"], flags["--clips"], flags["--spectrograms"], flags["--output"],
-                                  int(flags["--max-steps"]))
+    args = trainjob.pretrain_args(
+        flags["--config"], flags["--clips"], flags["--spectrograms"], flags["--output"], int(flags["--max-steps"])
+    )
     job = trainjob.build("j", "img:1.0", args, nodes=2, gpus_per_node=8, pvc_name="p")
     assert job.spec.trainer.command == ["torchrun", "-m", "components.pretrain"]
     assert job.spec.trainer.args == dvc[3:]
@@ -50,8 +59,11 @@ def test_trainjob_validates_against_the_trainer_api_models():
     assert again.to_dict() == body
     assert body["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and body["kind"] == "TrainJob"
     spec = body["spec"]
-    assert spec["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime",
-                                  "apiGroup": "trainer.kubeflow.org"}
+    assert spec["runtimeRef"] == {
+        "name": "torch-distributed",
+        "kind": "ClusterTrainingRuntime",
+        "apiGroup": "trainer.kubeflow.org",
+    }
     assert spec["trainer"]["numNodes"] == 2 and spec["trainer"]["numProcPerNode"] == 8
     assert spec["trainer"]["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "8"}
     assert spec["trainer"]["image"] == "registry.example.org/xkd:0.1.0"
@@ -67,7 +79,10 @@ def test_trainjob_validates_against_the_trainer_api_models():
     env = {e["name"]: e for e in spec["trainer"]["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "mlflow-credentials", "key": "password", "optional": True}
+        "name": "mlflow-credentials",
+        "key": "password",
+        "optional": True,
+    }
     with pytest.raises(Exception):  # the models refuse a wrongly typed field
         tm.TrainerV1alpha1TrainJob.from_dict({**body, "spec": {**spec, "trainer": {"numNodes": "two"}}})
 
@@ -76,8 +91,15 @@ def _launch(fake, **kw):
     logs = []
     t = [0.0]
     kw = {"timeout_s": 100.0, "poll_s": 10.0, **kw}
-    out = trainjob.launch(fake.client(), _job(), "team", log=logs.append, clock=lambda: t[0],
-                          sleep=lambda s: t.__setitem__(0, t[0] + s), **kw)
+    out = trainjob.launch(
+        fake.client(),
+        _job(),
+        "team",
+        log=logs.append,
+        clock=lambda: t[0],
+        sleep=lambda s: t.__setitem__(0, t[0] + s),
+        **kw,
+    )
     return out, logs
 
 
@@ -115,9 +137,20 @@ def test_a_retried_launcher_adopts_its_existing_job():
 
 def test_run_returns_the_output_dir_and_names_jobs_per_pipeline_run():
     with FakeApiServer([finished("Complete")]) as fake:
-        out = trainjob.run(image="img:1.0", config="c.yaml", clips="/data/c", spectrograms="/data/s",
-                           output="/data/outputs/pretrain", nodes=2, gpus_per_node=1, pvc_name="p",
-                           namespace="team", mlflow_parent="abc", poll_s=0.0, api=fake.client())
+        out = trainjob.run(
+            image="img:1.0",
+            config="c.yaml",
+            clips="/data/c",
+            spectrograms="/data/s",
+            output="/data/outputs/pretrain",
+            nodes=2,
+            gpus_per_node=1,
+            pvc_name="p",
+            namespace="team",
+            mlflow_parent="abc",
+            poll_s=0.0,
+            api=fake.client(),
+        )
         assert out == "/data/outputs/pretrain"
     assert trainjob.job_name("/o", "a") != trainjob.job_name("/o", "b") == trainjob.job_name("/o", "b")
     assert len(trainjob.job_name("/o", "a")) <= 63
@@ -130,8 +163,12 @@ def test_rbac_manifest_is_valid_and_grants_what_the_launcher_calls():
     for d in docs:
         kubernetes_validate.validate(d, "1.31", strict=True)
     rules = [r for d in docs if d["kind"] == "Role" for r in d["rules"]]
-    verbs = {v for r in rules if "trainer.kubeflow.org" in r["apiGroups"] and "trainjobs" in r["resources"]
-             for v in r["verbs"]}
+    verbs = {
+        v
+        for r in rules
+        if "trainer.kubeflow.org" in r["apiGroups"] and "trainjobs" in r["resources"]
+        for v in r["verbs"]
+    }
     assert {"create", "get", "delete"} <= verbs
     binding = next(d for d in docs if d["kind"] == "RoleBinding")
     assert binding["roleRef"]["name"] == next(d for d in docs if d["kind"] == "Role")["metadata"]["name"]

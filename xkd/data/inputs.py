@@ -1,15 +1,36 @@
 """Turn a CLI `--input PATH` (a folder, a text file listing paths, or one media file) into jobs."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
 
-from components.cache_builder import Job, file_fingerprint
-from components.errors import UsageError
+from xkd.data.cache_build import Job, file_fingerprint
+from xkd.errors import UsageError
 
 MEDIA_SUFFIXES = {
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv", ".ts",
-    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma",
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".avi",
+    ".mkv",
+    ".webm",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+    ".ts",
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".wma",
 }
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 

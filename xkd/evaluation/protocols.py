@@ -7,6 +7,7 @@ validation carve of the training split; the official test-split choice is report
 - `linear`: a Linear probe (dropout optional) trained with AdamW on the augmented views, softmax (or, for
   multi-label, sigmoid) averaged over test views; the epoch is chosen on the validation carve.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -66,12 +67,33 @@ def svm(train: dict, y_train: np.ndarray, test: dict, y_test: np.ndarray, fit_id
         s = _svm_scores(train["train"], y_train, test["test"], c, seed)
         test_acc[c], top5[c] = topk(s, y_test, 1), topk(s, y_test, 5)
     paper_c = max(grid, key=lambda c: test_acc[c])
-    return {"top1": test_acc[chosen], "top5": top5[chosen], "hparams": {"C": chosen}, "val_top1": val_acc,
-            "paper_style": {"top1": test_acc[paper_c], "hparams": {"C": paper_c}}, "test_top1_by_C": test_acc}
+    return {
+        "top1": test_acc[chosen],
+        "top5": top5[chosen],
+        "hparams": {"C": chosen},
+        "val_top1": val_acc,
+        "paper_style": {"top1": test_acc[paper_c], "hparams": {"C": paper_c}},
+        "test_top1_by_C": test_acc,
+    }
 
 
-def linear(train: dict, y_train: np.ndarray, test: dict, y_test: np.ndarray, fit_idx, val_idx, *, epochs=50,
-           lr=1e-3, weight_decay=0.0, dropout=0.0, batch=256, multilabel=False, classes=None, seed=0) -> dict:
+def linear(
+    train: dict,
+    y_train: np.ndarray,
+    test: dict,
+    y_test: np.ndarray,
+    fit_idx,
+    val_idx,
+    *,
+    epochs=50,
+    lr=1e-3,
+    weight_decay=0.0,
+    dropout=0.0,
+    batch=256,
+    multilabel=False,
+    classes=None,
+    seed=0,
+) -> dict:
     """A linear probe on the augmented views; the epoch is picked on the validation carve, and the
     test score at that epoch is reported (paper style: the best test epoch)."""
     g = torch.Generator().manual_seed(seed)
@@ -88,18 +110,29 @@ def linear(train: dict, y_train: np.ndarray, test: dict, y_test: np.ndarray, fit
         head.train()
         for idx in torch.randperm(len(xs), generator=g).split(batch):
             out = head(xs[idx])
-            loss = F.binary_cross_entropy_with_logits(out, target[idx]) if multilabel else \
-                F.cross_entropy(out, target[idx].argmax(1))
+            loss = (
+                F.binary_cross_entropy_with_logits(out, target[idx])
+                if multilabel
+                else F.cross_entropy(out, target[idx].argmax(1))
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
-        history.append({"epoch": epoch, "val": _score(head, train["test"][val_idx], y_train[val_idx], n_classes, multilabel),
-                        "test": _score(head, test["test"], y_test, n_classes, multilabel)})
+        history.append(
+            {
+                "epoch": epoch,
+                "val": _score(head, train["test"][val_idx], y_train[val_idx], n_classes, multilabel),
+                "test": _score(head, test["test"], y_test, n_classes, multilabel),
+            }
+        )
     best_val = max(history, key=lambda h: (h["val"], -h["epoch"]))
     best_test = max(history, key=lambda h: h["test"])
     key = "map" if multilabel else "top1"
-    return {key: best_val["test"], "hparams": {"epoch": best_val["epoch"], "lr": lr},
-            "paper_style": {key: best_test["test"], "hparams": {"epoch": best_test["epoch"]}}}
+    return {
+        key: best_val["test"],
+        "hparams": {"epoch": best_val["epoch"], "lr": lr},
+        "paper_style": {key: best_test["test"], "hparams": {"epoch": best_test["epoch"]}},
+    }
 
 
 def _targets(y, n_classes: int, multilabel: bool) -> torch.Tensor:

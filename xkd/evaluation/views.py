@@ -6,15 +6,16 @@ no augmentation (xkd_spec §5.1, official `mode: video`).
          "audio": float [K, 1, 80, 448], "padded_video", "padded_audio"}
 Audio-only datasets (ESC-50, FSD50K) pass only `spectrograms_dir`; video-only ones get no "audio".
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from components import views
-from components.cache import CacheReader
-from components.photometric import IMAGENET_MEAN, IMAGENET_STD
+from xkd.data import views
+from xkd.data.cache import CacheReader
+from xkd.data.photometric import IMAGENET_MEAN, IMAGENET_STD
 
 
 def window_positions(k: int) -> list[float]:
@@ -30,8 +31,15 @@ def normalise(video_u8: torch.Tensor) -> torch.Tensor:
 
 
 class EvalClips(Dataset):
-    def __init__(self, clips_dir=None, spectrograms_dir=None, clips_per_video: int = 3, crops: int = 1,
-                 size: int = 112, with_audio: bool = True):
+    def __init__(
+        self,
+        clips_dir=None,
+        spectrograms_dir=None,
+        clips_per_video: int = 3,
+        crops: int = 1,
+        size: int = 112,
+        with_audio: bool = True,
+    ):
         if clips_dir is None and spectrograms_dir is None:
             raise ValueError("EvalClips needs a clip cache, a spectrogram cache, or both")
         if crops not in (1, 3) or clips_per_video < 1:
@@ -52,9 +60,17 @@ class EvalClips(Dataset):
         audio = entry.get("audio")
         has_spec = self.specs is not None and cid in self.specs.entries
         samples = audio["samples"] if audio and has_spec else None
-        wins = [views.draw_window(None, frames, samples,
-                                  entry["video"]["start_s"] if frames else 0.0,
-                                  audio["start_s"] if audio else 0.0, position=p) for p in window_positions(self.k)]
+        wins = [
+            views.draw_window(
+                None,
+                frames,
+                samples,
+                entry["video"]["start_s"] if frames else 0.0,
+                audio["start_s"] if audio else 0.0,
+                position=p,
+            )
+            for p in window_positions(self.k)
+        ]
         if frames:
             video, _ = self.clips.clip(cid)
             video = video.permute(0, 3, 1, 2)

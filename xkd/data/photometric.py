@@ -7,6 +7,7 @@ ImageNet normalisation. Every frame of a clip gets the same parameters. The ops 
 tensor semantics (clamp to [0, 1] after each op; contrast against the per-frame grey mean); unlike the
 PIL path of the official code there is no rounding to uint8 between ops.
 """
+
 from __future__ import annotations
 
 import torch
@@ -130,8 +131,13 @@ def finish_batch(batch: dict, device: torch.device | str | None = None) -> dict:
             continue
         aug = batch.get(f"{key}_aug")
         if aug is None:
-            out[key] = value.to(device) if isinstance(value, torch.Tensor) else \
-                [v.to(device) for v in value] if isinstance(value, list) else value
+            out[key] = (
+                value.to(device)
+                if isinstance(value, torch.Tensor)
+                else [v.to(device) for v in value]
+                if isinstance(value, list)
+                else value
+            )
         elif isinstance(value, list):
             out[key] = [apply(v.to(device), a) for v, a in zip(value, aug)]
         else:

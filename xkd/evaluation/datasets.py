@@ -4,6 +4,7 @@ Every dataset is read from its caches under `--data DIR` (`DIR/clips`, `DIR/spec
 same extract/spectrogram steps) and its official split lists in data/splits/. A sample's `clip_id` is
 its path relative to the dataset root without the extension, which is how the cache names it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,18 +13,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from components.cache_builder import MANIFEST
-from components.errors import UsageError
 from components.splits import load_split
-
-REPO = Path(__file__).resolve().parents[1]
+from xkd.data.cache_build import MANIFEST
+from xkd.errors import UsageError
+from xkd.paths import REPO
 
 
 @dataclass(frozen=True)
 class Sample:
     clip_id: str
-    label: int | tuple[int, ...]      # a class index, or the label set (multi-label FSD50K)
-    group: str                        # source recording / video group: never split across train and val
+    label: int | tuple[int, ...]  # a class index, or the label set (multi-label FSD50K)
+    group: str  # source recording / video group: never split across train and val
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,10 @@ class Fold:
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    modality: str                     # video | audio | audio+video
+    modality: str  # video | audio | audio+video
     folds: tuple[int, ...]
-    metric: str = "top1"              # top1 | map
-    smoke: bool = False               # a smoke test only (tiny, not a benchmark)
+    metric: str = "top1"  # top1 | map
+    smoke: bool = False  # a smoke test only (tiny, not a benchmark)
 
 
 DATASETS = {
@@ -82,8 +82,11 @@ def _from_split_rows(name: str, fold: int, group) -> Fold:
     rows = load_split(name, fold)
     classes = _index([r.label for r in rows])
     to_sample = lambda r: Sample(_stem(r.path), classes[r.label], group(r))  # noqa: E731
-    return Fold(fold, [to_sample(r) for r in rows if r.subset == "train"],
-                [to_sample(r) for r in rows if r.subset in ("test", "val")])
+    return Fold(
+        fold,
+        [to_sample(r) for r in rows if r.subset == "train"],
+        [to_sample(r) for r in rows if r.subset in ("test", "val")],
+    )
 
 
 def _esc(csv_path: Path, fold: int, stem_of) -> Fold:
@@ -121,8 +124,9 @@ def load_fold(name: str, fold: int) -> Fold:
     if name == "samples-av":
         return _samples_av(fold)
     if name in ("kinetics400", "kinetics_sound"):
-        return _from_split_rows(name, None if name == "kinetics_sound" else fold,
-                                lambda r: PurePosixPath(r.path).stem[:11])  # the YouTube id
+        return _from_split_rows(
+            name, None if name == "kinetics_sound" else fold, lambda r: PurePosixPath(r.path).stem[:11]
+        )  # the YouTube id
     return _fsd50k(fold)
 
 
@@ -130,7 +134,9 @@ def _fsd50k(fold: int) -> Fold:
     rows = load_split("fsd50k", fold)
     vocab = _index([lab for r in rows for lab in r.label.split(",")])
     to_sample = lambda r: Sample(_stem(r.path), tuple(vocab[x] for x in r.label.split(",")), _stem(r.path))  # noqa
-    return Fold(fold, [to_sample(r) for r in rows if r.subset != "test"], [to_sample(r) for r in rows if r.subset == "test"])
+    return Fold(
+        fold, [to_sample(r) for r in rows if r.subset != "test"], [to_sample(r) for r in rows if r.subset == "test"]
+    )
 
 
 def cache_dirs(name: str, data: str | Path) -> tuple[Path | None, Path | None]:
@@ -138,12 +144,17 @@ def cache_dirs(name: str, data: str | Path) -> tuple[Path | None, Path | None]:
     ds, root = info(name), Path(data)
     need_video, need_audio = "video" in ds.modality, "audio" in ds.modality
     clips, specs = root / "clips", root / "spectrograms"
-    missing = [str(p / MANIFEST) for p, needed in ((clips, need_video), (specs, need_audio))
-               if needed and not (p / MANIFEST).exists()]
+    missing = [
+        str(p / MANIFEST)
+        for p, needed in ((clips, need_video), (specs, need_audio))
+        if needed and not (p / MANIFEST).exists()
+    ]
     if missing:
-        raise UsageError(f"dataset {name}: no cache at {' and '.join(missing)}; build it with "
-                         f"components.extract_clips / components.cache_spectrograms (see data/splits/README.md "
-                         f"for where the raw {name} files go)")
+        raise UsageError(
+            f"dataset {name}: no cache at {' and '.join(missing)}; build it with "
+            f"components.extract_clips / components.cache_spectrograms (see data/splits/README.md "
+            f"for where the raw {name} files go)"
+        )
     return (clips if need_video else None), (specs if need_audio else None)
 
 

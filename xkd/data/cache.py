@@ -7,6 +7,7 @@
 `CacheReader` keeps the manifest in memory; the module functions reuse one reader per directory and
 reload it when the manifest file changes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.cache_builder import MANIFEST, read_manifest
-from components.shards import bytes_array, read_member, unpack_jpegs
+from xkd.data.cache_build import MANIFEST, read_manifest
+from xkd.data.shards import bytes_array, read_member, unpack_jpegs
 
 PCM_SCALE = 32767.0  # the official loader divides int16 samples by 32767
 
@@ -25,8 +26,10 @@ class CacheReader:
     def __init__(self, cache_dir: str | Path):
         self.directory = Path(cache_dir)
         if not (self.directory / MANIFEST).exists():
-            raise FileNotFoundError(f"{self.directory} is not a cache directory (no {MANIFEST}); "
-                                    "run components.extract_clips / components.cache_spectrograms first")
+            raise FileNotFoundError(
+                f"{self.directory} is not a cache directory (no {MANIFEST}); "
+                "run components.extract_clips / components.cache_spectrograms first"
+            )
         self.entries = {e["clip_id"]: e for e in read_manifest(self.directory)}
 
     def ids(self) -> list[str]:
@@ -42,8 +45,7 @@ class CacheReader:
         entry = self.entry(clip_id)
         where = entry["members"].get(name)
         if where is None:
-            raise KeyError(f"clip {clip_id!r} has no {name!r} in {self.directory} "
-                           f"(has: {sorted(entry['members'])})")
+            raise KeyError(f"clip {clip_id!r} has no {name!r} in {self.directory} (has: {sorted(entry['members'])})")
         return read_member(self.directory / entry["shard"], where["offset"], where["size"])
 
     def jpegs(self, clip_id: str) -> list[memoryview]:

@@ -8,6 +8,7 @@
 Unknown keys are refused with one message naming the key. `resume_hash` covers everything that changes
 the numbers (not the checkpoint cadence, worker count or logging), so a resumed run is the same run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,30 +20,31 @@ from pathlib import Path
 import yaml
 
 import model as xkd_model
-from components.errors import UsageError
+from xkd.errors import UsageError
+from xkd.paths import CONFIGS
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+CONFIG_DIR = CONFIGS / "pretrain"
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    batch_size: int = 32               # per process (official: 32 per GPU, 8 GPUs -> 256)
-    accumulate: int = 1                # gradient accumulation steps per optimiser step
-    max_steps: int | None = None       # None: model.epochs of the data; N: the schedules span N steps
-    seed: int = 99999                  # the official seed
-    precision: str = "auto"            # auto (CUDA bf16 / CPU fp32) | fp32 | bf16 | fp16 (+ GradScaler)
-    lr_scaling: str = "none"           # none (official) | linear: lr * effective_batch / 256
-    workers: int = 0                   # DataLoader workers per process
+    batch_size: int = 32  # per process (official: 32 per GPU, 8 GPUs -> 256)
+    accumulate: int = 1  # gradient accumulation steps per optimiser step
+    max_steps: int | None = None  # None: model.epochs of the data; N: the schedules span N steps
+    seed: int = 99999  # the official seed
+    precision: str = "auto"  # auto (CUDA bf16 / CPU fp32) | fp32 | bf16 | fp16 (+ GradScaler)
+    lr_scaling: str = "none"  # none (official) | linear: lr * effective_batch / 256
+    workers: int = 0  # DataLoader workers per process
     log_every: int = 1
-    check_replicas_every: int = 1      # compare weights + DINO centres across ranks every N steps (0: never)
+    check_replicas_every: int = 1  # compare weights + DINO centres across ranks every N steps (0: never)
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    audio_source: str = "waveform"     # see components.pretrain_data.ViewConfig
+    audio_source: str = "waveform"  # see xkd.data.pretrain_dataset.ViewConfig
     blur_sigma: str = "official"
     on_unreadable: str = "raise"
-    holdout_fraction: float = 0.1      # clips held out from pretraining for checkpoint selection
+    holdout_fraction: float = 0.1  # clips held out from pretraining for checkpoint selection
     holdout_min: int = 1
 
 
@@ -50,7 +52,7 @@ class DataSettings:
 class CheckpointSettings:
     every_steps: int = 1000
     every_minutes: float = 30.0
-    keep: int = 3                      # latest k full checkpoints (each with its encoder bundle)
+    keep: int = 3  # latest k full checkpoints (each with its encoder bundle)
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,17 @@ class PretrainConfig:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train),
-                "data": dataclasses.asdict(self.data), "checkpoint": dataclasses.asdict(self.checkpoint)}
+        return {
+            "model": self.model.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "data": dataclasses.asdict(self.data),
+            "checkpoint": dataclasses.asdict(self.checkpoint),
+        }
 
     def resume_hash(self) -> str:
         d = self.to_dict()
         d.pop("checkpoint")
-        d["train"] = {k: v for k, v in d["train"].items()
-                      if k not in ("workers", "log_every", "check_replicas_every")}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("workers", "log_every", "check_replicas_every")}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -118,9 +123,12 @@ def build_config(raw: dict) -> PretrainConfig:
         model_cfg = xkd_model.preset(m.pop("preset", "base"), m.pop("variant", "xkd"), **m)
     except xkd_model.ConfigError as err:
         raise UsageError(f"model: {err}") from None
-    cfg = PretrainConfig(model_cfg, _section(TrainSettings, raw.get("train") or {}, "train"),
-                         _section(DataSettings, raw.get("data") or {}, "data"),
-                         _section(CheckpointSettings, raw.get("checkpoint") or {}, "checkpoint"))
+    cfg = PretrainConfig(
+        model_cfg,
+        _section(TrainSettings, raw.get("train") or {}, "train"),
+        _section(DataSettings, raw.get("data") or {}, "data"),
+        _section(CheckpointSettings, raw.get("checkpoint") or {}, "checkpoint"),
+    )
     t = cfg.train
     if t.precision not in ("auto", "fp32", "bf16", "fp16") or t.lr_scaling not in ("none", "linear"):
         raise UsageError("train.precision must be auto|fp32|bf16|fp16 and train.lr_scaling none|linear")

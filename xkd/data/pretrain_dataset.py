@@ -14,6 +14,7 @@ Per sample (uint8 video, float audio; the photometric half runs after collation,
     padded_video / padded_audio  bool (short clips are padded, never skipped: see views.py)
     skipped      bool (an unreadable clip when on_unreadable="skip": collate drops it and counts it)
 """
+
 from __future__ import annotations
 
 import math
@@ -23,20 +24,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from components import views
-from components.cache import CacheReader
-from components.photometric import apply as apply_photometric
+from xkd.data import views
+from xkd.data.cache import CacheReader
+from xkd.data.photometric import apply as apply_photometric
 
 
 @dataclass(frozen=True)
 class ViewConfig:
-    video_local_views: int = 1           # 1 for XKD, 3 for MAS/MATS
-    audio_local_views: int = 1           # always 1 in the official configs
-    audio_source: str = "waveform"       # "waveform": exact (gain before the log-mel, reflect edges);
-                                         # "spectrogram": slice the cached log-mel (faster, see README)
-    blur_sigma: str = "official"         # "official" fixed (0.1, 2.0) | "sampled" isotropic U(0.1, 2)
-    photometric_on: str = "device"       # "device": after collation (finish_batch) | "loader": here
-    on_unreadable: str = "raise"         # "raise" names the clip | "skip": dropped by collate and counted
+    video_local_views: int = 1  # 1 for XKD, 3 for MAS/MATS
+    audio_local_views: int = 1  # always 1 in the official configs
+    audio_source: str = "waveform"  # "waveform": exact (gain before the log-mel, reflect edges);
+    # "spectrogram": slice the cached log-mel (faster, see README)
+    blur_sigma: str = "official"  # "official" fixed (0.1, 2.0) | "sampled" isotropic U(0.1, 2)
+    photometric_on: str = "device"  # "device": after collation (finish_batch) | "loader": here
+    on_unreadable: str = "raise"  # "raise" names the clip | "skip": dropped by collate and counted
     size: int = 112
     local_size: int = 96
     global_scale: tuple[float, float] = (0.2, 1.0)
@@ -45,8 +46,12 @@ class ViewConfig:
     blur_p: float = 0.5
 
     def __post_init__(self):
-        checks = {"audio_source": ("waveform", "spectrogram"), "blur_sigma": ("official", "sampled"),
-                  "photometric_on": ("device", "loader"), "on_unreadable": ("raise", "skip")}
+        checks = {
+            "audio_source": ("waveform", "spectrogram"),
+            "blur_sigma": ("official", "sampled"),
+            "photometric_on": ("device", "loader"),
+            "on_unreadable": ("raise", "skip"),
+        }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ViewConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -55,7 +60,7 @@ class ViewConfig:
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """A well-mixed 63-bit seed per (seed, epoch, position)."""
     hi, lo = np.random.SeedSequence([seed, epoch, position]).generate_state(2)
-    return ((int(hi) << 32) | int(lo)) & (2 ** 63 - 1)
+    return ((int(hi) << 32) | int(lo)) & (2**63 - 1)
 
 
 class UnreadableClip(RuntimeError):
@@ -63,8 +68,14 @@ class UnreadableClip(RuntimeError):
 
 
 class PretrainDataset(Dataset):
-    def __init__(self, clips_dir, spectrograms_dir=None, config: ViewConfig = ViewConfig(), seed: int = 0,
-                 clip_ids: list[str] | None = None):
+    def __init__(
+        self,
+        clips_dir,
+        spectrograms_dir=None,
+        config: ViewConfig = ViewConfig(),
+        seed: int = 0,
+        clip_ids: list[str] | None = None,
+    ):
         """`clip_ids` restricts the dataset to those clips (e.g. the training part of a hold-out split)."""
         self.config, self.seed = config, seed
         self.clips = CacheReader(clips_dir)
@@ -81,8 +92,10 @@ class PretrainDataset(Dataset):
             else:
                 usable.append(cid)
         if not usable:
-            raise ValueError(f"no clip in {clips_dir} has both video and audio "
-                             f"({len(self.excluded['no_audio'])} without audio); nothing to pretrain on")
+            raise ValueError(
+                f"no clip in {clips_dir} has both video and audio "
+                f"({len(self.excluded['no_audio'])} without audio); nothing to pretrain on"
+            )
         self.ids = usable
 
     def __len__(self) -> int:
@@ -97,8 +110,10 @@ class PretrainDataset(Dataset):
         except Exception as err:  # a damaged shard or member: name it, or count it and go on
             if self.config.on_unreadable == "skip":
                 return {"skipped": True, "clip_id": cid, "error": f"{type(err).__name__}: {err}"}
-            raise UnreadableClip(f"clip {cid!r} (shard {self.clips.entry(cid)['shard']} in "
-                                 f"{self.clips.directory}) could not be read: {err}") from err
+            raise UnreadableClip(
+                f"clip {cid!r} (shard {self.clips.entry(cid)['shard']} in "
+                f"{self.clips.directory}) could not be read: {err}"
+            ) from err
 
     def _views(self, cid: str, g: torch.Generator) -> dict:
         cfg, entry = self.config, self.clips.entry(cid)
@@ -109,10 +124,11 @@ class PretrainDataset(Dataset):
         else:
             spec = torch.from_numpy(self.specs.spectrogram(cid))
             samples = entry["audio"]["samples"]
-        win = views.draw_window(g, entry["video"]["frames"], samples, entry["video"]["start_s"],
-                                entry["audio"]["start_s"])
+        win = views.draw_window(
+            g, entry["video"]["frames"], samples, entry["video"]["start_s"], entry["audio"]["start_s"]
+        )
         frames, _ = self.clips.clip(cid, frames=slice(win.frame0, win.frame0 + views.CLIP_FRAMES))
-        clip = views.window_frames(frames.permute(0, 3, 1, 2), 0)            # [32, 3, H, W] uint8
+        clip = views.window_frames(frames.permute(0, 3, 1, 2), 0)  # [32, 3, H, W] uint8
         _, _, h, w = clip.shape
 
         box = views.rrc_params(g, h, w, cfg.global_scale)
@@ -121,25 +137,30 @@ class PretrainDataset(Dataset):
         locals_, local_augs = [], []
         for _ in range(cfg.video_local_views):
             start = views.randint(g, 0, views.CLIP_FRAMES - views.LOCAL_FRAMES)
-            part = clip[start: start + views.LOCAL_FRAMES]
+            part = clip[start : start + views.LOCAL_FRAMES]
             box = views.rrc_params(g, h, w, cfg.local_scale)
             locals_.append(views.resized_crop(part, box, cfg.local_size, flip=views.uniform(g, 0, 1) < 0.5))
-            local_augs.append(views.draw_photometric(g, grey_p=cfg.grey_p, blur_p=cfg.blur_p,
-                                                     blur_sigma=cfg.blur_sigma))
+            local_augs.append(
+                views.draw_photometric(g, grey_p=cfg.grey_p, blur_p=cfg.blur_p, blur_sigma=cfg.blur_sigma)
+            )
 
         sample = {
-            "video": video.permute(1, 0, 2, 3).contiguous(),                 # [3, 32, 112, 112]
+            "video": video.permute(1, 0, 2, 3).contiguous(),  # [3, 32, 112, 112]
             "video_aug": video_aug.as_tensor(),
             "video_local": [v.permute(1, 0, 2, 3).contiguous() for v in locals_],
             "video_local_aug": [a.as_tensor() for a in local_augs],
             "audio": views.audio_global(g, wave, spec, win.sample0),
             "audio_local": [views.audio_local(g, wave, spec, win.sample0) for _ in range(cfg.audio_local_views)],
-            "padded_video": win.padded_video, "padded_audio": win.padded_audio, "skipped": False,
+            "padded_video": win.padded_video,
+            "padded_audio": win.padded_audio,
+            "skipped": False,
         }
         if cfg.photometric_on == "loader":
             sample["video"] = apply_photometric(sample["video"][None], sample.pop("video_aug")[None])[0]
-            sample["video_local"] = [apply_photometric(v[None], a[None])[0]
-                                     for v, a in zip(sample["video_local"], sample.pop("video_local_aug"))]
+            sample["video_local"] = [
+                apply_photometric(v[None], a[None])[0]
+                for v, a in zip(sample["video_local"], sample.pop("video_local_aug"))
+            ]
         return sample
 
 

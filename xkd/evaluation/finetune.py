@@ -9,6 +9,7 @@ Deviations (documented in the README): VideoMAE's RandAugment is replaced by the
 time-warp is left out, and cutmix is not applied (mixup only).
 Test: `test_clips` uniformly spaced windows (x `test_crops`), softmax averaged.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,11 +20,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import model as xkd_model
-from components import photometric, views
-from components.cache import CacheReader
-from components.eval_features import ViewSettings, audio_views, video_views
-from components.eval_protocols import topk
-from components.pretrain_data import sample_seed
+from xkd.data import views
+from xkd.data.cache import CacheReader
+from xkd.data.pretrain_dataset import sample_seed
+from xkd.evaluation.features import ViewSettings, audio_views, video_views
+from xkd.evaluation.protocols import topk
 
 
 def _spec_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -51,7 +52,7 @@ def _train_view(modality: str, reader: CacheReader, cid: str, g: torch.Generator
         c, frames, h, w = x.shape
         eh, ew = views.randint(g, h // 8, h // 2), views.randint(g, w // 8, w // 2)
         t, l = views.randint(g, 0, h - eh), views.randint(g, 0, w - ew)
-        x[..., t: t + eh, l: l + ew] = torch.randn(c, frames, eh, ew, generator=g)  # same box in every frame
+        x[..., t : t + eh, l : l + ew] = torch.randn(c, frames, eh, ew, generator=g)  # same box in every frame
     return x
 
 
@@ -60,7 +61,9 @@ def _llrd_groups(encoder, head, lr: float, decay: float, weight_decay: float) ->
     depth = len(encoder.blocks)
     groups = []
     for name, p in encoder.named_parameters():
-        layer = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else (depth + 1 if name.startswith("norm") else 0)
+        layer = (
+            int(name.split(".")[1]) + 1 if name.startswith("blocks.") else (depth + 1 if name.startswith("norm") else 0)
+        )
         scale = decay ** (depth + 1 - layer)
         groups.append({"params": [p], "lr_scale": scale, "weight_decay": 0.0 if p.ndim == 1 else weight_decay})
     groups += [{"params": list(head.parameters()), "lr_scale": 1.0, "weight_decay": weight_decay}]
@@ -80,15 +83,18 @@ class Classifier(torch.nn.Module):
         return self.head(F.normalize(f, dim=-1) if self.l2 else f)
 
 
-def finetune(bundle, role: str, modality: str, reader: CacheReader, train, test, fit_idx, val_idx, s: dict,
-             seed: int = 0) -> dict:
+def finetune(
+    bundle, role: str, modality: str, reader: CacheReader, train, test, fit_idx, val_idx, s: dict, seed: int = 0
+) -> dict:
     """train/test: lists of eval_datasets.Sample. Returns the fold result (val-selected + paper-style)."""
     torch.manual_seed(seed)
     classes = max(x.label for x in train + test) + 1
     enc = xkd_model.load_encoder(f"{bundle}/{modality}_{role}.safetensors")
     net = Classifier(enc, classes, s.get("dropout", 0.5), l2_feature=modality == "audio")
-    opt = torch.optim.AdamW(_llrd_groups(enc, net.head, float(s["lr"]), s.get("layer_decay", 0.75),
-                                         float(s.get("weight_decay", 0.05))), betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(
+        _llrd_groups(enc, net.head, float(s["lr"]), s.get("layer_decay", 0.75), float(s.get("weight_decay", 0.05))),
+        betas=(0.9, 0.999),
+    )
     fit = [train[i] for i in fit_idx]
     batch, epochs, warm = s.get("batch_size", 16), s.get("epochs", 10), s.get("warmup_epochs", 1)
     steps_per_epoch = math.ceil(len(fit) / batch)
@@ -102,7 +108,7 @@ def finetune(bundle, role: str, modality: str, reader: CacheReader, train, test,
         g = torch.Generator().manual_seed(sample_seed(seed, epoch, 0))
         order = torch.randperm(len(fit), generator=g).tolist()
         for b in tqdm(range(0, len(fit), batch), desc=f"finetune epoch {epoch}/{epochs}", leave=False):
-            items = [fit[i] for i in order[b: b + batch]]
+            items = [fit[i] for i in order[b : b + batch]]
             x = torch.stack([_train_view(modality, reader, it.clip_id, g) for it in items])
             y = F.one_hot(torch.tensor([it.label for it in items]), classes).float()
             y = y * (1 - s.get("label_smoothing", 0.1)) + s.get("label_smoothing", 0.1) / classes
@@ -116,13 +122,21 @@ def finetune(bundle, role: str, modality: str, reader: CacheReader, train, test,
             loss.backward()
             opt.step()
             step += 1
-        history.append({"epoch": epoch, "val": _accuracy(net, [train[i] for i in val_idx], test_views),
-                        "test": _accuracy(net, test, test_views)})
+        history.append(
+            {
+                "epoch": epoch,
+                "val": _accuracy(net, [train[i] for i in val_idx], test_views),
+                "test": _accuracy(net, test, test_views),
+            }
+        )
     best_val = max(history, key=lambda h: (h["val"], -h["epoch"]))
     best_test = max(history, key=lambda h: h["test"])
-    return {"top1": best_val["test"], "hparams": {"epoch": best_val["epoch"], "lr": float(s["lr"])},
-            "val_top1_by_epoch": [h["val"] for h in history],
-            "paper_style": {"top1": best_test["test"], "hparams": {"epoch": best_test["epoch"]}}}
+    return {
+        "top1": best_val["test"],
+        "hparams": {"epoch": best_val["epoch"], "lr": float(s["lr"])},
+        "val_top1_by_epoch": [h["val"] for h in history],
+        "paper_style": {"top1": best_test["test"], "hparams": {"epoch": best_test["epoch"]}},
+    }
 
 
 def _lr(step: int, total: int, warmup: int, base: float, final: float) -> float:

@@ -10,6 +10,7 @@ A checkpoint is written into `.tmp-ckpt-*` and renamed into place, so a kill at 
 the previous state or the complete new one. `XKD_FAULT=<point>:<step>` kills the process with SIGKILL at a
 named point (`after_step`, `before_rename`) to test exactly that.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,9 +39,15 @@ def rng_state() -> dict:
     so that any code relying on the global RNGs also resumes exactly)."""
     py_version, py_state, _ = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": torch.tensor(py_state, dtype=torch.int64),
-             "python_version": py_version, "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
-             "numpy_pos": int(np_pos), "numpy_has_gauss": int(np_has_gauss), "numpy_gauss": float(np_gauss)}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor(py_state, dtype=torch.int64),
+        "python_version": py_version,
+        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -49,8 +56,15 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((state["python_version"], tuple(int(x) for x in state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -9,6 +9,7 @@ Member payloads:
 - `<clip_id>.frames`: a frame pack (see `pack_jpegs`): JPEG-compressed RGB frames.
 - `<clip_id>.<name>.npy`: a NumPy array in .npy format (self-describing dtype and shape).
 """
+
 from __future__ import annotations
 
 import io
@@ -38,7 +39,7 @@ def unpack_jpegs(blob: bytes | memoryview) -> list[memoryview]:
     lengths = struct.unpack_from(f"<{count}I", view, 12)
     out, pos = [], 12 + 4 * count
     for n in lengths:
-        out.append(view[pos: pos + n])
+        out.append(view[pos : pos + n])
         pos += n
     return out
 

@@ -2,10 +2,11 @@
 
 Geometry (window, crops, flips, audio crops) runs in the loader; the photometric part of the video
 augmentation (colour jitter in random order, grey, blur) and the normalisation run batched after
-collation (`components.photometric`), from parameters drawn here per clip. So every random number of a
+collation (`xkd.data.photometric`), from parameters drawn here per clip. So every random number of a
 sample comes from one `torch.Generator`, seeded per (seed, epoch, sample position): the same seed gives
 the same views on any number of workers, and an interrupted run resumes exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,13 +15,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from components.logmel import HOP, SAMPLE_RATE, frames_for, log_mel
+from xkd.data.logmel import HOP, SAMPLE_RATE, frames_for, log_mel
 
 FPS = 8
 CLIP_S = 4.0
-CLIP_FRAMES = 32                  # 4 s at 8 fps
-CLIP_SAMPLES = 64000              # 4 s at 16 kHz
-LOCAL_FRAMES = 8                  # 32 / temporal ratio 4 = 1 s
+CLIP_FRAMES = 32  # 4 s at 8 fps
+CLIP_SAMPLES = 64000  # 4 s at 16 kHz
+LOCAL_FRAMES = 8  # 32 / temporal ratio 4 = 1 s
 LOCAL_SAMPLES = 16000
 SILENCE = (math.log(float(torch.finfo(torch.float32).eps)) + 5.3688107) / 4.410007  # log-mel of zeros
 
@@ -36,20 +37,28 @@ def randint(g: torch.Generator, low: int, high: int) -> int:
 
 # --- temporal window -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Window:
-    frame0: int          # first video frame of the 4 s window (cache frame index, 8 fps)
-    sample0: int         # first audio sample of the same window (16 kHz), aligned to the sample
-    padded_video: bool   # the clip has fewer than 32 frames: the last frame is repeated
-    padded_audio: bool   # the audio is shorter than 4 s from sample0: zeros are appended
+    frame0: int  # first video frame of the 4 s window (cache frame index, 8 fps)
+    sample0: int  # first audio sample of the same window (16 kHz), aligned to the sample
+    padded_video: bool  # the clip has fewer than 32 frames: the last frame is repeated
+    padded_audio: bool  # the audio is shorter than 4 s from sample0: zeros are appended
 
 
-def draw_window(g: torch.Generator | None, frames: int, samples: int | None, video_start_s: float = 0.0,
-                audio_start_s: float = 0.0, position: float | None = None) -> Window:
+def draw_window(
+    g: torch.Generator | None,
+    frames: int,
+    samples: int | None,
+    video_start_s: float = 0.0,
+    audio_start_s: float = 0.0,
+    position: float | None = None,
+) -> Window:
     """The official t0 rule (§1.1): t0 uniform over the span where both 4 s windows fit, the audio window
     starting at the video window's t0. t0 lives on the 8 fps frame grid of the cache, so the audio start
     is exact to the sample. A stream shorter than 4 s starts at 0 and the other is drawn on its own.
     `position` in [0, 1] replaces the random draw (evaluation: uniformly spaced windows)."""
+
     def pick(low: int, high: int) -> int:
         if high <= low:
             return low
@@ -60,10 +69,9 @@ def draw_window(g: torch.Generator | None, frames: int, samples: int | None, vid
     v_ok = frames >= CLIP_FRAMES
     a_ok = samples is not None and samples >= CLIP_SAMPLES
     if v_ok and a_ok:
-        offset = audio_start_s - video_start_s              # the audio stream starts this much later
-        lo = max(0, math.ceil(offset * FPS))                 # t0 must lie inside the audio stream
-        hi = min(frames - CLIP_FRAMES,
-                 math.floor((offset * SAMPLE_RATE + samples - CLIP_SAMPLES) * FPS / SAMPLE_RATE))
+        offset = audio_start_s - video_start_s  # the audio stream starts this much later
+        lo = max(0, math.ceil(offset * FPS))  # t0 must lie inside the audio stream
+        hi = min(frames - CLIP_FRAMES, math.floor((offset * SAMPLE_RATE + samples - CLIP_SAMPLES) * FPS / SAMPLE_RATE))
         if hi >= lo:
             frame0 = pick(lo, hi)
             sample0 = round((frame0 / FPS - offset) * SAMPLE_RATE)
@@ -76,7 +84,7 @@ def draw_window(g: torch.Generator | None, frames: int, samples: int | None, vid
 
 def window_frames(video: torch.Tensor, frame0: int, n: int = CLIP_FRAMES) -> torch.Tensor:
     """n frames from frame0; a clip that is too short repeats its last frame (counted by the caller)."""
-    clip = video[frame0: frame0 + n]
+    clip = video[frame0 : frame0 + n]
     if len(clip) < n:
         clip = torch.cat([clip, clip[-1:].expand(n - len(clip), *clip.shape[1:])])
     return clip
@@ -84,8 +92,10 @@ def window_frames(video: torch.Tensor, frame0: int, n: int = CLIP_FRAMES) -> tor
 
 # --- video geometry (uint8 [T, 3, H, W]) ------------------------------------------------------------
 
-def rrc_params(g: torch.Generator, height: int, width: int, scale: tuple[float, float],
-               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+
+def rrc_params(
+    g: torch.Generator, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop parameter rule (10 tries, then a centre crop), drawn from `g`."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -109,7 +119,7 @@ def rrc_params(g: torch.Generator, height: int, width: int, scale: tuple[float, 
 def resized_crop(frames: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool) -> torch.Tensor:
     """Crop every frame of [T, 3, H, W] uint8 to `box`, resize to size^2 (bilinear, antialiased like PIL)."""
     top, left, h, w = box
-    crop = frames[:, :, top: top + h, left: left + w].contiguous(memory_format=torch.channels_last)
+    crop = frames[:, :, top : top + h, left : left + w].contiguous(memory_format=torch.channels_last)
     # uint8 in, uint8 out: torch's SIMD path for antialiased bilinear (3-4x faster than via float)
     out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return (out.flip(-1) if flip else out).contiguous()
@@ -121,9 +131,13 @@ def centre_crops(frames: torch.Tensor, size: int, crops: int) -> list[torch.Tens
     _, _, h, w = frames.shape
     if min(h, w) != size:
         scale = size / min(h, w)
-        frames = F.interpolate(frames.contiguous(memory_format=torch.channels_last),
-                               size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                               mode="bilinear", align_corners=False, antialias=True).contiguous()
+        frames = F.interpolate(
+            frames.contiguous(memory_format=torch.channels_last),
+            size=(max(size, round(h * scale)), max(size, round(w * scale))),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        ).contiguous()
         _, _, h, w = frames.shape
     if crops == 1:
         starts = [((h - size) // 2, (w - size) // 2)]
@@ -133,12 +147,13 @@ def centre_crops(frames: torch.Tensor, size: int, crops: int) -> list[torch.Tens
         starts = [((s, (w - size) // 2) if long_h else ((h - size) // 2, s)) for s in (0, n // 2, n)]
     else:
         raise ValueError(f"crops must be 1 or 3, got {crops}")
-    return [frames[:, :, t: t + size, l: l + size] for t, l in starts]
+    return [frames[:, :, t : t + size, l : l + size] for t, l in starts]
 
 
 @dataclass(frozen=True)
 class Photometric:
-    """Per-clip colour parameters, applied after collation by components.photometric."""
+    """Per-clip colour parameters, applied after collation by xkd.data.photometric."""
+
     brightness: float
     contrast: float
     saturation: float
@@ -146,16 +161,32 @@ class Photometric:
     order: tuple[int, int, int, int]
     grey: bool
     blur: bool
-    blur_sigma: tuple[float, float]     # (sigma_x, sigma_y)
+    blur_sigma: tuple[float, float]  # (sigma_x, sigma_y)
 
     def as_tensor(self) -> torch.Tensor:
         """[12] float: b, c, s, h, order(4), grey, blur, sigma_x, sigma_y (collates into [B, 12])."""
-        return torch.tensor([self.brightness, self.contrast, self.saturation, self.hue, *self.order,
-                             float(self.grey), float(self.blur), *self.blur_sigma])
+        return torch.tensor(
+            [
+                self.brightness,
+                self.contrast,
+                self.saturation,
+                self.hue,
+                *self.order,
+                float(self.grey),
+                float(self.blur),
+                *self.blur_sigma,
+            ]
+        )
 
 
-def draw_photometric(g: torch.Generator, *, jitter=(0.4, 0.4, 0.4, 0.2), grey_p: float = 0.0,
-                     blur_p: float = 0.0, blur_sigma: str = "official") -> Photometric:
+def draw_photometric(
+    g: torch.Generator,
+    *,
+    jitter=(0.4, 0.4, 0.4, 0.2),
+    grey_p: float = 0.0,
+    blur_p: float = 0.0,
+    blur_sigma: str = "official",
+) -> Photometric:
     """ColorJitter(0.4, 0.4, 0.4, 0.2) always applied, its four ops in a random order; RandomGray and a
     Gaussian blur with probabilities. The official blur is fixed at (sigma_x, sigma_y) = (0.1, 2.0)
     (xkd_spec §9); `blur_sigma="sampled"` draws one isotropic sigma in [0.1, 2.0] as DINO does."""
@@ -174,8 +205,9 @@ def draw_photometric(g: torch.Generator, *, jitter=(0.4, 0.4, 0.4, 0.2), grey_p:
 
 # --- audio --------------------------------------------------------------------------------------
 
+
 def audio_window(wave: torch.Tensor, sample0: int, n: int) -> torch.Tensor:
-    seg = wave[sample0: sample0 + n]
+    seg = wave[sample0 : sample0 + n]
     return F.pad(seg, (0, n - len(seg))) if len(seg) < n else seg
 
 
@@ -184,7 +216,7 @@ def spec_window(spec: torch.Tensor, sample0: int, n: int) -> torch.Tensor:
     past the end, pad with the log-mel of silence (what zero samples give)."""
     first = round(sample0 / HOP)
     frames = frames_for(n)
-    seg = spec[:, first: first + frames]
+    seg = spec[:, first : first + frames]
     if seg.shape[1] < frames:
         seg = F.pad(seg, (0, frames - seg.shape[1]), value=SILENCE)
     return seg
@@ -203,17 +235,18 @@ def byol_rrc(spec: torch.Tensor, g: torch.Generator, scale=(0.6, 1.5), virtual_t
     canvas_w = int(t * virtual_time_scale)
     canvas = spec.new_zeros(f, canvas_w)
     x0 = (canvas_w - t) // 2
-    canvas[:, x0: x0 + t] = spec
+    canvas[:, x0 : x0 + t] = spec
     h = min(max(int(uniform(g, *scale) * f), 1), f)
     w = min(max(int(uniform(g, *scale) * t), 1), canvas_w)
     i = randint(g, 0, f - h) if f > h else 0
     j = randint(g, 0, canvas_w - w) if canvas_w > w else 0
-    crop = canvas[i: i + h, j: j + w][None, None]
+    crop = canvas[i : i + h, j : j + w][None, None]
     return F.interpolate(crop, size=(f, t), mode="bicubic", align_corners=True)[0, 0]
 
 
-def audio_global(g: torch.Generator | None, wave: torch.Tensor | None, spec: torch.Tensor | None, sample0: int,
-                 gain_range=(0.9, 1.1)) -> torch.Tensor:
+def audio_global(
+    g: torch.Generator | None, wave: torch.Tensor | None, spec: torch.Tensor | None, sample0: int, gain_range=(0.9, 1.1)
+) -> torch.Tensor:
     """[1, 80, 448]: from the waveform (exact: gain before the log-mel) or from the cached spectrogram
     (the gain as an additive shift)."""
     gain = uniform(g, *gain_range) if g is not None else 1.0
@@ -222,8 +255,9 @@ def audio_global(g: torch.Generator | None, wave: torch.Tensor | None, spec: tor
     return (spec_window(spec, sample0, CLIP_SAMPLES) + volume_shift(gain))[None]
 
 
-def audio_local(g: torch.Generator, wave: torch.Tensor | None, spec: torch.Tensor | None, sample0: int,
-                gain_range=(0.8, 1.2)) -> torch.Tensor:
+def audio_local(
+    g: torch.Generator, wave: torch.Tensor | None, spec: torch.Tensor | None, sample0: int, gain_range=(0.8, 1.2)
+) -> torch.Tensor:
     """[1, 80, 112]: 1 s at a random multiple of 100 samples inside the 4 s window, volume jitter,
     BYOL-A random resize crop. Not time-aligned with the video local view (official)."""
     start = sample0 + 100 * randint(g, 0, (CLIP_SAMPLES - LOCAL_SAMPLES) // 100)

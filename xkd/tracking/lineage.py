@@ -14,6 +14,7 @@ database, because that database keys on (inode, mtime, size) and would miss an e
 Hashing K400 (~450 GB) at every run would be slow, so `mode="auto"` hashes content below `AUTO_MAX_BYTES`
 and otherwise trusts the pointer (the data was checked out from it by `dvc pull`); the record says which.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from components.cache_builder import MANIFEST, REPORT, read_report
-from components.errors import UsageError
+from xkd.data.cache_build import MANIFEST, REPORT, read_report
+from xkd.errors import UsageError
+from xkd.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 AUTO_MAX_BYTES = 8 << 30
 TAG_PREFIX = "lineage"
 _DIGEST_FIELD = 36  # MLflow's SQL store keeps at most 36 characters of a dataset digest
@@ -72,8 +73,12 @@ def dvc_recorded_md5(path: str | os.PathLike, repo: str | os.PathLike = REPO) ->
     if pointer.is_file():
         out = (yaml.safe_load(pointer.read_text()) or {}).get("outs", [{}])[0]
         if out.get("md5"):
-            return {"md5": out["md5"], "size": out.get("size"), "nfiles": out.get("nfiles"),
-                    "recorded_in": _rel(pointer, repo)}
+            return {
+                "md5": out["md5"],
+                "size": out.get("size"),
+                "nfiles": out.get("nfiles"),
+                "recorded_in": _rel(pointer, repo),
+            }
     lock = repo / "dvc.lock"
     if lock.is_file():
         rel = _rel(path, repo)
@@ -82,8 +87,12 @@ def dvc_recorded_md5(path: str | os.PathLike, repo: str | os.PathLike = REPO) ->
             for stage, body in stages.items():
                 for entry in body.get(kind, []):
                     if entry.get("path") == rel and entry.get("md5"):
-                        return {"md5": entry["md5"], "size": entry.get("size"), "nfiles": entry.get("nfiles"),
-                                "recorded_in": f"dvc.lock:{stage}.{kind}"}
+                        return {
+                            "md5": entry["md5"],
+                            "size": entry.get("size"),
+                            "nfiles": entry.get("nfiles"),
+                            "recorded_in": f"dvc.lock:{stage}.{kind}",
+                        }
     return None
 
 
@@ -99,8 +108,9 @@ def dvc_md5(path: str | os.PathLike, repo: str | os.PathLike = REPO, mode: str =
         raise UsageError(f"mode must be auto, content or pointer, not {mode!r}")
     path = Path(path)
     recorded = dvc_recorded_md5(path, repo)
-    use_pointer = mode == "pointer" or (mode == "auto" and recorded is not None
-                                        and (not path.exists() or _tree_size(path) > AUTO_MAX_BYTES))
+    use_pointer = mode == "pointer" or (
+        mode == "auto" and recorded is not None and (not path.exists() or _tree_size(path) > AUTO_MAX_BYTES)
+    )
     if use_pointer:
         if recorded is None:
             raise UsageError(f"{path} has no .dvc pointer and is not in dvc.lock; hash it with mode='content'")
@@ -108,16 +118,22 @@ def dvc_md5(path: str | os.PathLike, repo: str | os.PathLike = REPO, mode: str =
     out = {**dvc_content_md5(path), "method": "content"}
     if recorded is not None:
         # A mismatch means the working copy is not what git's pointer says: worth a loud tag, not a crash.
-        out.update(recorded_md5=recorded["md5"], recorded_in=recorded["recorded_in"],
-                   matches_recorded=recorded["md5"] == out["md5"])
+        out.update(
+            recorded_md5=recorded["md5"],
+            recorded_in=recorded["recorded_in"],
+            matches_recorded=recorded["md5"] == out["md5"],
+        )
     return out
 
 
 def git_commit(repo: str | os.PathLike = REPO) -> dict:
     """{commit, dirty} of the project checkout; commit None outside a git work tree (e.g. a bare image)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
@@ -144,13 +160,22 @@ def manifest_digest(cache_dir: str | os.PathLike) -> dict:
     if not manifest.is_file():
         raise UsageError(f"{cache_dir} is not a cache directory (no {MANIFEST})")
     report = read_report(cache_dir)
-    return {"sha256": file_sha256(manifest), "ok": report.get("ok"), "inputs": report.get("inputs"),
-            "rejected": len(report.get("rejected", [])), "report_sha256": file_sha256(cache_dir / REPORT)
-            if (cache_dir / REPORT).is_file() else None}
+    return {
+        "sha256": file_sha256(manifest),
+        "ok": report.get("ok"),
+        "inputs": report.get("inputs"),
+        "rejected": len(report.get("rejected", [])),
+        "report_sha256": file_sha256(cache_dir / REPORT) if (cache_dir / REPORT).is_file() else None,
+    }
 
 
-def collect(datasets: dict[str, str] | None = None, splits: list[tuple[str, int]] | None = None,
-            caches: dict[str, str] | None = None, repo: str | os.PathLike = REPO, mode: str = "auto") -> list[dict]:
+def collect(
+    datasets: dict[str, str] | None = None,
+    splits: list[tuple[str, int]] | None = None,
+    caches: dict[str, str] | None = None,
+    repo: str | os.PathLike = REPO,
+    mode: str = "auto",
+) -> list[dict]:
     """Lineage records: one per dataset (DVC md5), split list (sha256) and cache (manifest sha256)."""
     records = []
     for name, path in (datasets or {}).items():
@@ -158,8 +183,15 @@ def collect(datasets: dict[str, str] | None = None, splits: list[tuple[str, int]
         records.append({"kind": "data", "name": name, "source": str(path), "digest": info["md5"], **info})
     for dataset, split in splits or []:
         info = split_digest(dataset, split)
-        records.append({"kind": "split", "name": f"{dataset}-split{split}", "digest": info["sha256"],
-                        "source": str(Path("data/splits") / dataset), **info})
+        records.append(
+            {
+                "kind": "split",
+                "name": f"{dataset}-split{split}",
+                "digest": info["sha256"],
+                "source": str(Path("data/splits") / dataset),
+                **info,
+            }
+        )
     for name, path in (caches or {}).items():
         info = manifest_digest(path)
         records.append({"kind": "cache", "name": name, "source": str(path), "digest": info["sha256"], **info})
@@ -200,8 +232,9 @@ def log_lineage(records: list[dict], repo: str | os.PathLike = REPO, context: st
     return tags
 
 
-def tag_model_version(name: str, version: str | int, records: list[dict], repo: str | os.PathLike = REPO,
-                      client=None) -> dict[str, str]:
+def tag_model_version(
+    name: str, version: str | int, records: list[dict], repo: str | os.PathLike = REPO, client=None
+) -> dict[str, str]:
     """Put the data digests (and git commit) on a registered model version, e.g. `xkd-encoder` v3."""
     from mlflow import MlflowClient
 

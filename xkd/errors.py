@@ -1,4 +1,5 @@
 """Errors a user can fix: raised by a step's `run()`, printed by its CLI as one line (exit status 2)."""
+
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,7 @@ class UsageError(ValueError):
 
 def cli(main):
     """Wrap a CLI `main`: a UsageError becomes `error: <message>` on stderr and exit status 2."""
+
     @functools.wraps(main)
     def wrapper(argv=None) -> int:
         try:
@@ -18,4 +20,5 @@ def cli(main):
         except UsageError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+
     return wrapper

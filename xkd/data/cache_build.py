@@ -8,6 +8,7 @@ Re-running is incremental: entries whose input fingerprint (size + mtime, or the
 and step parameters are unchanged are kept with their shards; only new or changed inputs are processed.
 A re-run on unchanged input rewrites nothing (a no-op).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,8 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from components.media import MediaError
-from components.shards import ShardWriter, remove_stale_temp, shard_files
+from xkd.data.media import MediaError
+from xkd.data.shards import ShardWriter, remove_stale_temp, shard_files
 
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
@@ -33,6 +34,7 @@ REPORT = "report.json"
 @dataclass(frozen=True)
 class Job:
     """One input: `source` is the path as given, `path` where to read it, `payload` step-specific data."""
+
     source: str
     path: str
     clip_id: str
@@ -95,8 +97,17 @@ def _previous(output: Path, digest: str) -> tuple[dict, dict]:
     return entries, rejects
 
 
-def build_cache(jobs: list[Job], output: Path, params: dict, process: ProcessFn, *, workers: int = 1,
-                desc: str = "cache", extra_report: dict | None = None, shard_bytes: int = 512 << 20) -> dict:
+def build_cache(
+    jobs: list[Job],
+    output: Path,
+    params: dict,
+    process: ProcessFn,
+    *,
+    workers: int = 1,
+    desc: str = "cache",
+    extra_report: dict | None = None,
+    shard_bytes: int = 512 << 20,
+) -> dict:
     """Process `jobs` into the cache directory `output`; return the report dict."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -131,9 +142,14 @@ def build_cache(jobs: list[Job], output: Path, params: dict, process: ProcessFn,
             if status == "ok":
                 fields, members = value
                 shard, where = writer.write({f"{job.clip_id}.{k}": v for k, v in members.items()})
-                entry = {"clip_id": job.clip_id, "source": job.source, **fields, "shard": shard,
-                         "members": {k.removeprefix(job.clip_id + "."): v for k, v in where.items()},
-                         "fingerprint": job.fingerprint}
+                entry = {
+                    "clip_id": job.clip_id,
+                    "source": job.source,
+                    **fields,
+                    "shard": shard,
+                    "members": {k.removeprefix(job.clip_id + "."): v for k, v in where.items()},
+                    "fingerprint": job.fingerprint,
+                }
                 results[job.source] = ("ok", entry)
             else:
                 results[job.source] = ("rejected", {"path": job.source, **value, "fingerprint": job.fingerprint})
@@ -147,8 +163,9 @@ def build_cache(jobs: list[Job], output: Path, params: dict, process: ProcessFn,
     for stale in shard_files(output):
         if stale.name not in referenced:
             stale.unlink()
-    report = _report(jobs, entries, rejected, output, params, digest, extra_report, len(jobs) - len(todo),
-                     time.time() - started)
+    report = _report(
+        jobs, entries, rejected, output, params, digest, extra_report, len(jobs) - len(todo), time.time() - started
+    )
     _atomic_write(output / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
 
@@ -178,9 +195,15 @@ def _report(jobs, entries, rejected, output, params, digest, extra, reused, elap
     shard_bytes = sum(p.stat().st_size for p in shard_files(output))
     media_s = sum(e.get("duration_s") or 0.0 for e in entries)
     report = {
-        "inputs": len(jobs), "ok": len(entries), "rejected": rejected, "rejected_by_code": codes,
-        "reused_from_previous_run": reused, "params": params, "params_digest": digest,
-        "shard_bytes": shard_bytes, "media_seconds": round(media_s, 3),
+        "inputs": len(jobs),
+        "ok": len(entries),
+        "rejected": rejected,
+        "rejected_by_code": codes,
+        "reused_from_previous_run": reused,
+        "params": params,
+        "params_digest": digest,
+        "shard_bytes": shard_bytes,
+        "media_seconds": round(media_s, 3),
         "bytes_per_media_second": round(shard_bytes / media_s, 1) if media_s else None,
         "elapsed_s": round(elapsed, 3),
     }

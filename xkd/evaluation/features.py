@@ -10,6 +10,7 @@ Views per sample: `train_views` augmented 4 s clips (video: RandomResizedCrop 0.
 grey 0.2; audio: random 4 s window, gain U(0.9, 1.1)) and `test_clips` uniformly spaced windows x
 `test_crops` crops. Audio+video datasets concatenate the L2-normalised video and audio features.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,11 +24,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import model as xkd_model
-from components import photometric, views
-from components.cache import CacheReader
-from components.eval_data import normalise, window_positions
-from components.lineage import file_sha256
-from components.pretrain_data import sample_seed
+from xkd.data import photometric, views
+from xkd.data.cache import CacheReader
+from xkd.data.pretrain_dataset import sample_seed
+from xkd.evaluation.views import normalise, window_positions
+from xkd.tracking.lineage import file_sha256
 
 
 @dataclass(frozen=True)
@@ -107,16 +108,28 @@ def audio_views(reader: CacheReader, cid: str, vs: ViewSettings, g: torch.Genera
         wins = [views.draw_window(None, 0, samples, position=p) for p in window_positions(vs.test_clips)]
         return torch.stack([views.audio_global(None, None, spec, w.sample0) for w in wins])
     gains = (1 - vs.gain_jitter, 1 + vs.gain_jitter)
-    return torch.stack([views.audio_global(g, None, spec, views.draw_window(g, 0, samples).sample0, gains)
-                        for _ in range(vs.train_views)])
+    return torch.stack(
+        [
+            views.audio_global(g, None, spec, views.draw_window(g, 0, samples).sample0, gains)
+            for _ in range(vs.train_views)
+        ]
+    )
 
 
-def compute(source: FeatureSource, modality: str, reader: CacheReader, clip_ids: list[str], vs: ViewSettings,
-            cache_dir: Path | None, batch: int = 64) -> dict[str, torch.Tensor]:
+def compute(
+    source: FeatureSource,
+    modality: str,
+    reader: CacheReader,
+    clip_ids: list[str],
+    vs: ViewSettings,
+    cache_dir: Path | None,
+    batch: int = 64,
+) -> dict[str, torch.Tensor]:
     """{"train": [N, train_views, D], "test": [N, test_clips * test_crops, D]} for `clip_ids` (in order)."""
     manifest = file_sha256(reader.directory / "manifest.jsonl")  # a rebuilt cache never reuses stale features
-    key = hashlib.sha256(json.dumps([source.digest(modality), modality, manifest, sorted(clip_ids), asdict(vs)],
-                                    default=list).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        json.dumps([source.digest(modality), modality, manifest, sorted(clip_ids), asdict(vs)], default=list).encode()
+    ).hexdigest()[:20]
     path = Path(cache_dir) / f"{modality}-{key}.safetensors" if cache_dir else None
     if path is not None and path.exists():
         cached = load_file(str(path))
@@ -129,7 +142,7 @@ def compute(source: FeatureSource, modality: str, reader: CacheReader, clip_ids:
         g = torch.Generator().manual_seed(sample_seed(vs.seed, 0, i))
         for split, gen in (("train", g), ("test", None)):
             x = make(reader, cid, vs, gen)
-            feats[split].append(torch.cat([source(modality, x[j: j + batch]) for j in range(0, len(x), batch)]))
+            feats[split].append(torch.cat([source(modality, x[j : j + batch]) for j in range(0, len(x), batch)]))
     out = {k: torch.stack(v).float().contiguous() for k, v in feats.items()}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

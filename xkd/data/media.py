@@ -5,6 +5,7 @@ Every failure becomes a `MediaError` carrying one of the reject codes of the cac
 readable reason (ffmpeg's stderr tail), so callers can put it in the reject report instead of
 crashing or dropping the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from components.errors import UsageError
+from xkd.errors import UsageError
 
 REJECT_CODES = ("empty_file", "unreadable", "no_video", "no_audio", "too_short", "timeout", "decode_error")
 STDERR_TAIL_CHARS = 400
@@ -37,8 +38,10 @@ def require_ffmpeg() -> None:
     """Fail with one clear line when the ffmpeg/ffprobe binaries are missing."""
     missing = [b for b in ("ffmpeg", "ffprobe") if shutil.which(b) is None]
     if missing:
-        raise UsageError(f"{' and '.join(missing)} not found on PATH; run `make install` "
-                         "(installs Debian's ffmpeg) or install FFmpeg yourself")
+        raise UsageError(
+            f"{' and '.join(missing)} not found on PATH; run `make install` "
+            "(installs Debian's ffmpeg) or install FFmpeg yourself"
+        )
 
 
 def _tail(stderr: bytes | str | None) -> str:
@@ -59,11 +62,11 @@ def _float(value) -> float | None:
 
 @dataclass(frozen=True)
 class StreamInfo:
-    index: int          # absolute stream index in the container (used for -map 0:<index>)
+    index: int  # absolute stream index in the container (used for -map 0:<index>)
     codec: str
     start_s: float
     duration_s: float | None
-    width: int = 0      # display width/height (rotation applied), video only
+    width: int = 0  # display width/height (rotation applied), video only
     height: int = 0
     sample_rate: int = 0
     channels: int = 0
@@ -108,14 +111,24 @@ def probe(path: str | os.PathLike, timeout_s: float) -> Probe:
             w, h = int(s.get("width") or 0), int(s.get("height") or 0)
             if _rotation(s) == 90:
                 w, h = h, w
-            video = StreamInfo(int(s["index"]), s.get("codec_name", "?"), _float(s.get("start_time")) or 0.0,
-                               _float(s.get("duration")), width=w, height=h)
+            video = StreamInfo(
+                int(s["index"]),
+                s.get("codec_name", "?"),
+                _float(s.get("start_time")) or 0.0,
+                _float(s.get("duration")),
+                width=w,
+                height=h,
+            )
         elif kind == "audio" and audio is None:
-            audio = StreamInfo(int(s["index"]), s.get("codec_name", "?"), _float(s.get("start_time")) or 0.0,
-                               _float(s.get("duration")), sample_rate=int(s.get("sample_rate") or 0),
-                               channels=int(s.get("channels") or 0))
-    durations = [d for d in (_float(fmt.get("duration")),
-                             video and video.duration_s, audio and audio.duration_s) if d]
+            audio = StreamInfo(
+                int(s["index"]),
+                s.get("codec_name", "?"),
+                _float(s.get("start_time")) or 0.0,
+                _float(s.get("duration")),
+                sample_rate=int(s.get("sample_rate") or 0),
+                channels=int(s.get("channels") or 0),
+            )
+    durations = [d for d in (_float(fmt.get("duration")), video and video.duration_s, audio and audio.duration_s) if d]
     if video is None and audio is None:
         raise MediaError("unreadable", f"no audio or video stream found (format {fmt.get('format_name', '?')})")
     return Probe(duration_s=max(durations) if durations else 0.0, video=video, audio=audio)
@@ -132,12 +145,21 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 @dataclass
 class Decoded:
-    frames: np.ndarray | None      # uint8 [T, H, W, 3]
-    audio: np.ndarray | None       # int16 [n] mono
+    frames: np.ndarray | None  # uint8 [T, H, W, 3]
+    audio: np.ndarray | None  # int16 [n] mono
 
 
-def decode(path: str | os.PathLike, info: Probe, *, fps: float | None, short_side: int,
-           sample_rate: int, with_video: bool, with_audio: bool, timeout_s: float) -> Decoded:
+def decode(
+    path: str | os.PathLike,
+    info: Probe,
+    *,
+    fps: float | None,
+    short_side: int,
+    sample_rate: int,
+    with_video: bool,
+    with_audio: bool,
+    timeout_s: float,
+) -> Decoded:
     """One ffmpeg pass: video resampled to `fps` (short side resized, bilinear) as raw RGB on stdout,
     and the first audio stream as 16-bit mono PCM at `sample_rate` into a temp file."""
     inp = ffmpeg.input(str(path), threads=1)
@@ -147,15 +169,21 @@ def decode(path: str | os.PathLike, info: Probe, *, fps: float | None, short_sid
         size = scaled_size(info.video.width, info.video.height, short_side)
         # round=up: output frame k shows the last native frame at or before k/fps, the official
         # sampling rule ("nearest earlier frame"); ffmpeg's default would take the nearest frame.
-        v = inp[str(info.video.index)].filter("fps", fps=fps, round="up").filter(
-            "scale", size[0], size[1], flags="bilinear")
+        v = (
+            inp[str(info.video.index)]
+            .filter("fps", fps=fps, round="up")
+            .filter("scale", size[0], size[1], flags="bilinear")
+        )
         outputs.append(ffmpeg.output(v, "pipe:", format="rawvideo", pix_fmt="rgb24"))
     with tempfile.TemporaryDirectory(prefix="xkd-audio-") as tmp:
         audio_file = os.path.join(tmp, "audio.s16le")
         if with_audio:
             # -ac 1 downmixes stereo/5.1 with ffmpeg's standard matrix; the first audio stream only.
-            outputs.append(ffmpeg.output(inp[str(info.audio.index)], audio_file, format="s16le",
-                                         acodec="pcm_s16le", ac=1, ar=sample_rate))
+            outputs.append(
+                ffmpeg.output(
+                    inp[str(info.audio.index)], audio_file, format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate
+                )
+            )
         cmd = ffmpeg.merge_outputs(*outputs).global_args("-nostdin", "-hide_banner", "-v", "error")
         proc = cmd.run_async(pipe_stdout=True, pipe_stderr=True)
         try:

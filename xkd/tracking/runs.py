@@ -10,6 +10,7 @@
 Everything goes through the tracking URI set by `connect()`; a step that forgets to call it gets the
 project's default, never MLflow's own (a `./mlruns` or `./mlflow.db` in whatever directory it runs from).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,12 +32,16 @@ from urllib.parse import unquote
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
-from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
-                                     MAX_PARAMS_TAGS_PER_BATCH)
+from mlflow.utils.validation import (
+    MAX_ENTITY_KEY_LENGTH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
 
-from .errors import UsageError
+from xkd.errors import UsageError
+from xkd.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "xkd"
 PARENT_ENV = "MLFLOW_PARENT_RUN_ID"
 PARENT_FILE = "mlflow_parent.json"
@@ -52,13 +57,13 @@ class NonFiniteLoss(ValueError):
 
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI`, else the project's sqlite store `<repo root>/mlflow.db`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
 
 
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+    return Path(unquote(uri[len("sqlite:///") :].split("?", 1)[0]))
 
 
 def _check_reachable(uri: str) -> None:
@@ -70,15 +75,18 @@ def _check_reachable(uri: str) -> None:
             pass  # the server answered (maybe 401/404 behind a proxy): it is reachable; MLflow reports the rest
         except (urllib.error.URLError, socket.timeout, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise UsageError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or set "
-                             f"MLFLOW_TRACKING_URI to a reachable store") from None
+            raise UsageError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it or set "
+                f"MLFLOW_TRACKING_URI to a reachable store"
+            ) from None
     elif (path := _sqlite_path(uri)) is not None:
         try:  # opening creates the file, which is what MLflow would do next anyway
             with contextlib.closing(sqlite3.connect(path, timeout=CONNECT_TIMEOUT_S)) as db:
                 db.execute("select 1").fetchall()
         except sqlite3.Error as e:
-            raise UsageError(f"MLflow tracking store {uri} cannot be opened ({e}); check the path or set "
-                             f"MLFLOW_TRACKING_URI") from None
+            raise UsageError(
+                f"MLflow tracking store {uri} cannot be opened ({e}); check the path or set MLFLOW_TRACKING_URI"
+            ) from None
 
 
 def connect(uri: str | None = None) -> str:
@@ -124,7 +132,7 @@ def experiment_id() -> str:
 def git_commit() -> str | None:
     """HEAD of the project's checkout, or None outside git (a container image without .git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -156,8 +164,10 @@ def _checked(run_id: str, where: str) -> str:
     try:
         _client().get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise UsageError(f"parent MLflow run {run_id} (from {where}) does not exist in {_connected['uri']}; "
-                         f"fix it, or remove it to start a new pipeline run") from None
+        raise UsageError(
+            f"parent MLflow run {run_id} (from {where}) does not exist in {_connected['uri']}; "
+            f"fix it, or remove it to start a new pipeline run"
+        ) from None
     return run_id
 
 
@@ -177,8 +187,11 @@ def parent_run_id(create: bool = True, outputs_dir: str | Path = "outputs", cli_
     if not create:
         return None
     client = _client()
-    run = client.create_run(experiment_id(), run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
-                            tags=_base_tags({"xkd.role": "pipeline"}))
+    run = client.create_run(
+        experiment_id(),
+        run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags=_base_tags({"xkd.role": "pipeline"}),
+    )
     record = {"run_id": run.info.run_id, "tracking_uri": _connected["uri"], "experiment_id": experiment_id()}
     if _write_exclusive(path, json.dumps(record, indent=2) + "\n"):
         return run.info.run_id
@@ -192,8 +205,13 @@ def finish_parent(parent_id: str, status: str = "FINISHED") -> None:
 
 
 @contextlib.contextmanager
-def step_run(step: str, parent_id: str | None, run_id: str | None = None, tags: dict | None = None,
-             log_system_metrics: bool | None = None):
+def step_run(
+    step: str,
+    parent_id: str | None,
+    run_id: str | None = None,
+    tags: dict | None = None,
+    log_system_metrics: bool | None = None,
+):
     """Start (or resume `run_id`, keeping its original parent) a run for `step` nested under `parent_id`;
     ends FINISHED, or FAILED (KILLED on Ctrl-C) when an exception escapes, which is re-raised.
     Yields the ActiveRun."""
@@ -202,12 +220,19 @@ def step_run(step: str, parent_id: str | None, run_id: str | None = None, tags: 
         try:
             client.get_run(run_id)
         except mlflow.exceptions.MlflowException:
-            raise UsageError(f"MLflow run {run_id} to resume does not exist in {_connected['uri']}; use the "
-                             f"tracking store the run started with, or start a fresh output directory") from None
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id(), run_name=step,
-                           nested=True, parent_run_id=None if run_id else parent_id,
-                           tags=_base_tags({"xkd.step": step, **(tags or {})}),
-                           log_system_metrics=log_system_metrics)
+            raise UsageError(
+                f"MLflow run {run_id} to resume does not exist in {_connected['uri']}; use the "
+                f"tracking store the run started with, or start a fresh output directory"
+            ) from None
+    run = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else experiment_id(),
+        run_name=step,
+        nested=True,
+        parent_run_id=None if run_id else parent_id,
+        tags=_base_tags({"xkd.step": step, **(tags or {})}),
+        log_system_metrics=log_system_metrics,
+    )
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         yield run
@@ -237,7 +262,7 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, object]:
 
 def _param_value(v) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str) if isinstance(v, (list, tuple, dict)) else str(v)
-    return s if len(s) <= MAX_PARAM_VAL_LENGTH else s[:MAX_PARAM_VAL_LENGTH - 3] + "..."
+    return s if len(s) <= MAX_PARAM_VAL_LENGTH else s[: MAX_PARAM_VAL_LENGTH - 3] + "..."
 
 
 def log_params_flat(cfg: dict, run_id: str | None = None) -> dict[str, str]:
@@ -245,12 +270,11 @@ def log_params_flat(cfg: dict, run_id: str | None = None) -> dict[str, str]:
     Re-logging the same config on resume is fine; a changed value is MLflow's error."""
     run_id = run_id or mlflow.active_run().info.run_id
     # MLflow keys allow only [\w\-. /:]; anything else (e.g. '[' in an override) becomes '_'.
-    params = {re.sub(r"[^\w\-. /:]", "_", k)[:MAX_ENTITY_KEY_LENGTH]: _param_value(v)
-              for k, v in flatten(cfg).items()}
+    params = {re.sub(r"[^\w\-. /:]", "_", k)[:MAX_ENTITY_KEY_LENGTH]: _param_value(v) for k, v in flatten(cfg).items()}
     items = [Param(k, v) for k, v in params.items()]
     client = _client()
     for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-        client.log_batch(run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
+        client.log_batch(run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
     return params
 
 
@@ -268,8 +292,10 @@ class MetricLogger:
         if self.check_finite:
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad:
-                err = NonFiniteLoss(f"non-finite {bad[0]}={values[bad[0]]} at step {step}"
-                                    + (f" (also {', '.join(bad[1:])})" if bad[1:] else ""))
+                err = NonFiniteLoss(
+                    f"non-finite {bad[0]}={values[bad[0]]} at step {step}"
+                    + (f" (also {', '.join(bad[1:])})" if bad[1:] else "")
+                )
                 try:
                     self.flush()  # the history up to the failure still lands; this step's values do not
                 except Exception as flush_error:
@@ -286,7 +312,7 @@ class MetricLogger:
         while self._buffer:
             chunk = self._buffer[:MAX_METRICS_PER_BATCH]
             client.log_batch(self.run_id, metrics=chunk, synchronous=True)
-            del self._buffer[:len(chunk)]  # drop only what was written, so a retry after an error resends
+            del self._buffer[: len(chunk)]  # drop only what was written, so a retry after an error resends
         self._steps = 0
 
     def __enter__(self) -> MetricLogger:

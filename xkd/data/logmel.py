@@ -4,6 +4,7 @@
 -> 80 Slaney-scale mels 0-8000 Hz with Slaney norm -> ln(mel + float32 eps) -> (x + 5.3688107) / 4.410007.
 Hop 143 makes 4 s (64 000 samples) exactly 1 + 64000 // 143 = 448 frames.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,16 +18,26 @@ N_FFT = 1024
 HOP = 143
 N_MELS = 80
 LOG_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, what the official code adds before the log
-NORM_MEAN = -5.3688107                       # Kinetics statistics, reused for every downstream audio set
+NORM_MEAN = -5.3688107  # Kinetics statistics, reused for every downstream audio set
 NORM_STD = 4.410007
 
 
 @functools.lru_cache(maxsize=4)
 def _mel(device: str = "cpu") -> torchaudio.transforms.MelSpectrogram:
     return torchaudio.transforms.MelSpectrogram(
-        sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=N_FFT, hop_length=HOP, f_min=0.0,
-        f_max=SAMPLE_RATE / 2, n_mels=N_MELS, power=2.0, center=True, pad_mode="reflect",
-        norm="slaney", mel_scale="slaney").to(device)
+        sample_rate=SAMPLE_RATE,
+        n_fft=N_FFT,
+        win_length=N_FFT,
+        hop_length=HOP,
+        f_min=0.0,
+        f_max=SAMPLE_RATE / 2,
+        n_mels=N_MELS,
+        power=2.0,
+        center=True,
+        pad_mode="reflect",
+        norm="slaney",
+        mel_scale="slaney",
+    ).to(device)
 
 
 def frames_for(samples: int) -> int:

@@ -1,4 +1,5 @@
 """PNG plots people would rather look at than read (matplotlib, no display needed)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = (("total", "total (L_da + L_kd + 5 L_rec) / 7"), ("rec_v", "L_rec video"), ("rec_a", "L_rec audio"),
-          ("kd", "L_kd"), ("mmd_student", "MMD students"), ("mmd_teacher", "MMD teachers (logged only)"))
+CURVES = (
+    ("total", "total (L_da + L_kd + 5 L_rec) / 7"),
+    ("rec_v", "L_rec video"),
+    ("rec_a", "L_rec audio"),
+    ("kd", "L_kd"),
+    ("mmd_student", "MMD students"),
+    ("mmd_teacher", "MMD teachers (logged only)"),
+)
 
 
 def plot_loss_curves(metrics_jsonl: Path, png: Path) -> Path:

@@ -7,6 +7,7 @@ while the bundle already rebuilds itself with `model.load_encoder(file)`. MLflow
 takes a runs:/ folder that holds an MLmodel, so the version is created with `create_model_version(source=...)`.
 Each file's sha256 is a version tag, checked again after download.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -17,16 +18,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from model.bundle import BundleError, read_metadata
-
-from . import tracking
-from .lineage import file_sha256
-from .errors import UsageError
+from xkd.errors import UsageError
+from xkd.tracking import runs as tracking
+from xkd.tracking.lineage import file_sha256
 
 NAME = "xkd-encoder"
 ALIAS = "champion"
 ARTIFACT_PATH = "encoder"
 BUNDLE_FILES = tuple(f"{m}_{r}.safetensors" for m in ("video", "audio") for r in ("student", "teacher")) + (
-    "config.json",)
+    "config.json",
+)
 _DIGEST_TAG = "bundle.sha256."
 
 
@@ -42,8 +43,9 @@ def _check_bundle(bundle_dir: Path) -> dict:
     return metas["video_student.safetensors"]
 
 
-def register_encoder(bundle_dir: str | Path, run_id: str, name: str = NAME, alias: str = ALIAS,
-                     tags: dict | None = None) -> int:
+def register_encoder(
+    bundle_dir: str | Path, run_id: str, name: str = NAME, alias: str = ALIAS, tags: dict | None = None
+) -> int:
     """Log the bundle as artifacts of `run_id`, create a new version of `name` from them, point `alias`
     at it and return the version number. `tags` (data digests, selection rule, ...) go on the version."""
     bundle_dir = Path(bundle_dir)
@@ -53,18 +55,22 @@ def register_encoder(bundle_dir: str | Path, run_id: str, name: str = NAME, alia
         client.log_artifact(run_id, str(bundle_dir / f), ARTIFACT_PATH)
     logged = {Path(a.path).name for a in client.list_artifacts(run_id, ARTIFACT_PATH)}
     if logged != set(BUNDLE_FILES):  # e.g. a re-registration from the same run with a different bundle layout
-        raise UsageError(f"run {run_id} artifacts {ARTIFACT_PATH}/ hold {sorted(logged)}, expected exactly "
-                         f"{list(BUNDLE_FILES)}; register from a fresh run")
+        raise UsageError(
+            f"run {run_id} artifacts {ARTIFACT_PATH}/ hold {sorted(logged)}, expected exactly "
+            f"{list(BUNDLE_FILES)}; register from a fresh run"
+        )
 
     try:
-        client.create_registered_model(name, description="XKD encoder bundle (safetensors + config.json); "
-                                                          "load a file with model.load_encoder")
+        client.create_registered_model(
+            name, description="XKD encoder bundle (safetensors + config.json); load a file with model.load_encoder"
+        )
     except MlflowException as e:
         if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     version_tags = {f"{_DIGEST_TAG}{f}": file_sha256(bundle_dir / f) for f in BUNDLE_FILES}
-    version_tags.update({"bundle.format": meta["format"], "bundle.preset": meta["preset"],
-                         "bundle.variant": meta["variant"]})
+    version_tags.update(
+        {"bundle.format": meta["format"], "bundle.preset": meta["preset"], "bundle.variant": meta["variant"]}
+    )
     version_tags.update({k: str(v) for k, v in (tags or {}).items()})
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
     mv = client.create_model_version(name, source, run_id=run_id, tags=version_tags)
@@ -79,14 +85,18 @@ def load_champion(name: str = NAME, alias: str = ALIAS, dst: str | Path | None =
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException:
-        raise UsageError(f"no version of model {name!r} has alias {alias!r} in {mlflow.get_tracking_uri()}; "
-                         f"run components.select_checkpoint first") from None
+        raise UsageError(
+            f"no version of model {name!r} has alias {alias!r} in {mlflow.get_tracking_uri()}; "
+            f"run components.select_checkpoint first"
+        ) from None
     dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix=f"{name}-{alias}-"))
     dst.mkdir(parents=True, exist_ok=True)
     # `models:/name@alias` resolves to the version's source folder, whose files land directly in dst.
     out = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=str(dst)))
     for key, digest in mv.tags.items():
-        if key.startswith(_DIGEST_TAG) and file_sha256(out / key[len(_DIGEST_TAG):]) != digest:
-            raise UsageError(f"{out / key[len(_DIGEST_TAG):]}: sha256 differs from registered version "
-                             f"{name}/{mv.version}; the artifact store copy is corrupt or was modified")
+        if key.startswith(_DIGEST_TAG) and file_sha256(out / key[len(_DIGEST_TAG) :]) != digest:
+            raise UsageError(
+                f"{out / key[len(_DIGEST_TAG) :]}: sha256 differs from registered version "
+                f"{name}/{mv.version}; the artifact store copy is corrupt or was modified"
+            )
     return out

@@ -1,0 +1,1 @@
+"""Media, tar shards, cache directories, input views and the pretraining dataset."""

@@ -1,0 +1,1 @@
+"""Downstream evaluation: datasets and folds, evaluation views, frozen features, protocols, fine-tuning."""

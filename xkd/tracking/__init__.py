@@ -1,0 +1,1 @@
+"""MLflow runs, data lineage, the model registry and plots."""

@@ -1,0 +1,1 @@
+"""Pretraining: typed config, checkpoints, distributed helpers and the training engine."""
