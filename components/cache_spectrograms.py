@@ -18,88 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from components.extract_clips import summarize
-from xkd.data.cache import PCM_SCALE, CacheReader
-from xkd.data.cache_build import Job, build_cache
+from xkd.data.cache_build import build_cache, summarize
 from xkd.data.inputs import media_jobs
-from xkd.data.logmel import HOP, N_MELS, SAMPLE_RATE, log_mel
-from xkd.data.media import MediaError, decode, probe, require_ffmpeg
-from xkd.data.shards import array_bytes, bytes_array, read_member
+from xkd.data.media import require_ffmpeg
+from xkd.data.spectrograms import STORAGE_DTYPE, clip_cache_jobs, from_audio_file, from_clip_cache
 from xkd.errors import UsageError, cli
-
-STORAGE_DTYPE = np.float16
-
-
-def _spectrogram_entry(pcm16: np.ndarray, params: dict, audio_meta: dict) -> tuple[dict, dict[str, bytes]]:
-    seconds = len(pcm16) / SAMPLE_RATE
-    if seconds < params["min_duration_s"]:
-        raise MediaError("too_short", f"audio is {seconds:.3f} s < --min-duration {params['min_duration_s']:g} s")
-    import torch
-
-    torch.set_num_threads(1)
-    spec = log_mel(pcm16.astype(np.float32) / PCM_SCALE).numpy()
-    fields = {
-        "audio": audio_meta,
-        "video": None,
-        "spectrogram": {
-            "n_mels": N_MELS,
-            "frames": int(spec.shape[1]),
-            "hop": HOP,
-            "dtype": np.dtype(STORAGE_DTYPE).name,
-        },
-    }
-    return fields, {"logmel.npy": array_bytes(spec.astype(STORAGE_DTYPE))}
-
-
-def from_clip_cache(job: Job, params: dict) -> tuple[dict, dict[str, bytes]]:
-    p = job.payload
-    if "shard_path" not in p:
-        raise MediaError("no_audio", "the clip cache holds no audio for this clip (its source has no audio stream)")
-    pcm = bytes_array(read_member(Path(p["shard_path"]), p["offset"], p["size"]))
-    fields, members = _spectrogram_entry(pcm, params, p["audio"])
-    return {"duration_s": p["duration_s"], **fields}, members
-
-
-def from_audio_file(job: Job, params: dict) -> tuple[dict, dict[str, bytes]]:
-    info = probe(job.path, params["timeout_s"])
-    if info.audio is None:
-        raise MediaError("no_audio", "no audio stream")
-    if info.duration_s and info.duration_s < params["min_duration_s"]:
-        raise MediaError("too_short", f"{info.duration_s:.3f} s < --min-duration {params['min_duration_s']:g} s")
-    dec = decode(
-        job.path,
-        info,
-        fps=None,
-        short_side=0,
-        sample_rate=SAMPLE_RATE,
-        with_video=False,
-        with_audio=True,
-        timeout_s=params["timeout_s"],
-    )
-    meta = {
-        "sample_rate": SAMPLE_RATE,
-        "samples": int(len(dec.audio)),
-        "start_s": info.audio.start_s,
-        "codec": info.audio.codec,
-        "encoding": "logmel",
-    }
-    fields, members = _spectrogram_entry(dec.audio, params, meta)
-    return {"duration_s": round(info.duration_s, 6), **fields}, members
-
-
-def clip_cache_jobs(clips: str) -> list[Job]:
-    """One job per clip-cache entry; clips without audio become `no_audio` rejects here."""
-    reader = CacheReader(clips)
-    jobs = []
-    for cid, e in reader.entries.items():
-        audio = e.get("audio")
-        where = e["members"].get("pcm16.npy")
-        payload = {"duration_s": e["duration_s"], "audio": audio}
-        if where is not None:
-            payload.update(shard_path=str(reader.directory / e["shard"]), **where)
-        fingerprint = {"clip_shard": e["shard"], **(where or {}), "upstream": e.get("fingerprint")}
-        jobs.append(Job(source=e["source"], path=e["source"], clip_id=cid, fingerprint=fingerprint, payload=payload))
-    return jobs
 
 
 def run(

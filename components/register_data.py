@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.splits import DATASETS, summary_line, validate
+from xkd.data.splits import DATASETS, summary_line, validate
 from xkd.errors import UsageError, cli
 from xkd.paths import REPO
 

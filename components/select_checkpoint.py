@@ -78,11 +78,7 @@ def run(
             "touching a test split; pretrain with a hold-out"
         )
     cfg = build_config(yaml.safe_load((pre / "config.yaml").read_text()))
-    views = ViewConfig(
-        video_local_views=cfg.model.video_local_views,
-        audio_source=cfg.data.audio_source,
-        blur_sigma=cfg.data.blur_sigma,
-    )
+    views = ViewConfig.from_config(cfg)
     data = PretrainDataset(clips, spectrograms, views, seed=cfg.train.seed, clip_ids=held)
     samples = [data[(i, 0, i)] for i in range(len(data))]
     batches = [finish_batch(collate(samples[i : i + batch_size])) for i in range(0, len(samples), batch_size)]

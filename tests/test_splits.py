@@ -10,7 +10,8 @@ import shutil
 import pytest
 from sample_data import AV
 
-from components.splits import SPLITS_DIR, load_split, main, split_files, validate
+from components.splits import main
+from xkd.data.splits import SPLITS_DIR, load_split, split_files, validate
 from xkd.errors import UsageError
 
 OFFICIAL = {  # (dataset, split): {subset: count}, from each dataset's paper / release notes

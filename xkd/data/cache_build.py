@@ -1,7 +1,7 @@
 """The one implementation behind every cache step: fan a per-input function out over worker processes,
 write its members into tar shards, and account for every input in `manifest.jsonl` + `report.json`.
 
-Contract (DESIGN.md): every input ends up either in the manifest or in `report.rejected` with a reject
+Contract (docs/DESIGN.md): every input ends up either in the manifest or in `report.rejected` with a reject
 code and a readable reason, and `inputs == ok + len(rejected)`.
 
 Re-running is incremental: entries whose input fingerprint (size + mtime, or the upstream cache entry)
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -210,3 +211,18 @@ def _report(jobs, entries, rejected, output, params, digest, extra, reused, elap
     report.update(extra or {})
     assert report["inputs"] == report["ok"] + len(report["rejected"]), "accounting bug: inputs != ok + rejected"
     return report
+
+
+def summarize(report: dict, output: str) -> int:
+    """Print one line per outcome; exit status 0 only when at least one clip is in the cache."""
+    for row in report["rejected"]:
+        print(f"rejected [{row['code']}] {row['path']}: {row['reason']}", file=sys.stderr)
+    print(
+        f"{output}: {report['inputs']} inputs, {report['ok']} ok, {len(report['rejected'])} rejected "
+        f"{report['rejected_by_code']}",
+        file=sys.stderr,
+    )
+    if report["ok"] == 0:
+        print(f"error: no usable clip in {report['inputs']} inputs; see {output}/report.json", file=sys.stderr)
+        return 1
+    return 0

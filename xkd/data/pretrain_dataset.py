@@ -45,6 +45,18 @@ class ViewConfig:
     grey_p: float = 0.2
     blur_p: float = 0.5
 
+    @classmethod
+    def from_config(cls, cfg) -> ViewConfig:
+        """The views a pretraining config asks for (`xkd.train.config.PretrainConfig`): the one place that maps
+        config keys to view settings, so pretraining and checkpoint selection can never see different views."""
+        return cls(
+            video_local_views=cfg.model.video_local_views,
+            audio_local_views=cfg.model.audio_local_views,
+            audio_source=cfg.data.audio_source,
+            blur_sigma=cfg.data.blur_sigma,
+            on_unreadable=cfg.data.on_unreadable,
+        )
+
     def __post_init__(self):
         checks = {
             "audio_source": ("waveform", "spectrogram"),

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from components.splits import load_split
 from xkd.data.cache_build import MANIFEST
+from xkd.data.splits import load_split
 from xkd.errors import UsageError
 from xkd.paths import REPO
 

@@ -144,7 +144,7 @@ def git_commit(repo: str | os.PathLike = REPO) -> dict:
 
 def split_digest(dataset: str, split: int | None = None) -> dict:
     """sha256 of each list file of a split and one combined digest over them (names + contents)."""
-    from components.splits import _require, split_files
+    from xkd.data.splits import _require, split_files
 
     files = split_files(dataset, split)
     _require(files, dataset)

@@ -24,13 +24,14 @@ from xkd.errors import UsageError
 from xkd.paths import CONFIGS
 
 CONFIG_DIR = CONFIGS / "pretrain"
+FULL_SCHEDULE = 0  # train.max_steps / --max-steps value meaning model.epochs over the data
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     batch_size: int = 32  # per process (official: 32 per GPU, 8 GPUs -> 256)
     accumulate: int = 1  # gradient accumulation steps per optimiser step
-    max_steps: int | None = None  # None: model.epochs of the data; N: the schedules span N steps
+    max_steps: int = 0  # FULL_SCHEDULE (0): model.epochs of the data; N: the schedules span N steps
     seed: int = 99999  # the official seed
     precision: str = "auto"  # auto (CUDA bf16 / CPU fp32) | fp32 | bf16 | fp16 (+ GradScaler)
     lr_scaling: str = "none"  # none (official) | linear: lr * effective_batch / 256
@@ -132,8 +133,13 @@ def build_config(raw: dict) -> PretrainConfig:
     t = cfg.train
     if t.precision not in ("auto", "fp32", "bf16", "fp16") or t.lr_scaling not in ("none", "linear"):
         raise UsageError("train.precision must be auto|fp32|bf16|fp16 and train.lr_scaling none|linear")
-    if t.batch_size < 1 or t.accumulate < 1 or (t.max_steps is not None and t.max_steps < 1):
-        raise UsageError("train.batch_size, train.accumulate and train.max_steps must be >= 1")
+    if t.max_steps is None or isinstance(t.max_steps, bool) or not isinstance(t.max_steps, int) or t.max_steps < 0:
+        # one spelling for "the full schedule" in params.yaml, the CLI, the DAG and the configs: 0
+        raise UsageError(
+            f"train.max_steps must be a step count >= 0, got {t.max_steps!r}; {FULL_SCHEDULE} means the full schedule"
+        )
+    if t.batch_size < 1 or t.accumulate < 1:
+        raise UsageError("train.batch_size and train.accumulate must be >= 1")
     if not 0 <= cfg.data.holdout_fraction < 1:
         raise UsageError("data.holdout_fraction must be in [0, 1)")
     return cfg

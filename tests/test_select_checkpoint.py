@@ -1,0 +1,37 @@
+"""Checkpoint selection scores the held-out clips with exactly the views pretraining used."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from components import select_checkpoint
+from xkd.data.pretrain_dataset import ViewConfig
+from xkd.train.config import load_config
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_selection_uses_the_pretraining_view_config(tmp_path, micro_clips, monkeypatch):
+    # A pretraining run whose views differ from every ViewConfig default that selection could fall back to.
+    cfg = load_config("tiny", ["data.on_unreadable=skip", "data.blur_sigma=sampled"])
+    pre = tmp_path / "pretrain"
+    (pre / "checkpoints" / "ckpt-00000001").mkdir(parents=True)
+    (pre / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+    (pre / "holdout.json").write_text(json.dumps({"train": [], "holdout": ["x"], "excluded": {}}))
+    seen = {}
+
+    def capture(clips, spectrograms, views, **kwargs):
+        seen["views"] = views
+        raise _Captured
+
+    monkeypatch.setattr(select_checkpoint, "PretrainDataset", capture)
+    with pytest.raises(_Captured):
+        select_checkpoint.run(str(pre), str(micro_clips), None, str(tmp_path / "select"), register=False)
+    assert seen["views"] == ViewConfig.from_config(cfg)
+    assert seen["views"].on_unreadable == "skip" and seen["views"].blur_sigma == "sampled"
+    assert seen["views"].audio_local_views == cfg.model.audio_local_views
