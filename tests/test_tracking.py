@@ -12,6 +12,7 @@ import mlflow
 import pytest
 
 from xkd.errors import UsageError
+from xkd.tracking import lineage
 from xkd.tracking import runs as tracking
 
 
@@ -93,10 +94,19 @@ def test_step_run_nests_tags_and_finishes(store, parent):
     assert r.info.status == "FINISHED"
     assert r.data.tags["mlflow.parentRunId"] == parent
     assert r.data.tags["xkd.step"] == "eval" and r.data.tags["xkd.spec"] == "ucf101-svm"
-    if tracking.git_commit():
-        assert r.data.tags["mlflow.source.git.commit"] == tracking.git_commit()
+    assert r.data.tags["mlflow.source.git.commit"] == lineage.git_commit()["commit"]  # the tests run in a checkout
     assert mlflow.active_run() is None
 
+
+
+def test_run_commit_tag_and_lineage_agree_without_git(store, parent, monkeypatch):
+    """In an image without .git (or git), the commit comes from XKD_GIT_COMMIT for run tags and lineage alike."""
+    monkeypatch.setenv("PATH", "/nonexistent")  # no git binary: the image case
+    monkeypatch.setenv("XKD_GIT_COMMIT", "0123abc")
+    with tracking.step_run("eval", parent) as run:
+        run_id = run.info.run_id
+    assert store.get_run(run_id).data.tags["mlflow.source.git.commit"] == "0123abc"
+    assert lineage.git_commit()["commit"] == "0123abc"
 
 def test_step_run_failed_on_exception_and_resume_reuses_run(store, parent):
     with pytest.raises(RuntimeError, match="boom"):

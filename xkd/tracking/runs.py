@@ -1,4 +1,4 @@
-"""The project's MLflow conventions (DESIGN.md: Tracking, Contracts "MLflow runs"), used by every step.
+"""The project's MLflow conventions (docs/DESIGN.md: Tracking, Contracts "MLflow runs"), used by every step.
 
     uri = connect()                                   # one clear UsageError if the store is unreachable
     parent = parent_run_id(args.mlflow_parent)        # CLI > MLFLOW_PARENT_RUN_ID > outputs/mlflow_parent.json > new
@@ -21,7 +21,6 @@ import re
 import shutil
 import socket
 import sqlite3
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -41,6 +40,7 @@ from mlflow.utils.validation import (
 
 from xkd.errors import UsageError
 from xkd.paths import REPO
+from xkd.tracking import lineage
 
 EXPERIMENT = "xkd"
 PARENT_ENV = "MLFLOW_PARENT_RUN_ID"
@@ -129,18 +129,9 @@ def experiment_id() -> str:
     return _connected["experiment_id"]
 
 
-def git_commit() -> str | None:
-    """HEAD of the project's checkout, or None outside git (a container image without .git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
 def _base_tags(extra: dict | None) -> dict[str, str]:
     # Only provenance we choose explicitly: never environment variables, which may hold credentials.
-    tags = {"mlflow.source.git.commit": git_commit()}
+    tags = {"mlflow.source.git.commit": lineage.git_commit()["commit"]}
     tags.update(extra or {})
     return {k: str(v)[:8000] for k, v in tags.items() if v is not None}
 
