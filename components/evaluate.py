@@ -79,7 +79,7 @@ def run(
     *,
     role: str = "student",
     folds: list[int] | str | None = None,
-    preset: str = "tiny",
+    preset: str | None = None,
     mlflow_parent: str | None = None,
     features: str = "encoder",
     config: str | None = None,
@@ -99,10 +99,15 @@ def run(
             f"{bundle} is not an encoder bundle (no config.json); pass outputs/select/bundle or a "
             "pretraining checkpoint's bundle/"
         )
+    bundle_cfg = json.loads((bundle / "config.json").read_text()) if features != "logmel-stats" else {}
+    if preset is not None and bundle_cfg and bundle_cfg.get("preset") != preset:
+        raise UsageError(
+            f"the spec asks for a {preset!r} encoder but {bundle} holds a {bundle_cfg.get('preset')!r} one; "
+            "fix the spec's preset or pass the right bundle"
+        )
+    preset = bundle_cfg.get("preset", preset)
     role = resolve_role(bundle, role)
-    if isinstance(folds, str):  # "all" or "1,2" as in params.yaml / the CLI
-        folds = _folds(folds)
-    folds = list(ds.folds) if not folds else folds
+    folds = eval_datasets.parse_folds(folds) or list(ds.folds)
     settings = load_settings(dataset, protocol, config)
     clips, specs = eval_datasets.cache_dirs(dataset, data)
     vs = ViewSettings(
@@ -188,7 +193,7 @@ def run(
         "encoder": str(bundle) if features != "logmel-stats" else None,
         "encoder_digest": source.digest("audio" if ds.modality == "audio" else "video"),
         "preset": preset,
-        "variant": _variant(bundle, features),
+        "variant": bundle_cfg.get("variant"),
         "folds": results,
         "mean": float(np.mean(scores)),
         "std": float(np.std(scores)),
@@ -208,10 +213,10 @@ def run(
 
 
 def _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_parent) -> None:
-    tracking.connect()
-    parent = tracking.parent_run_id(create=True, cli_value=mlflow_parent)
     name = f"evaluate:{dataset}-{protocol}" + ("" if features == "encoder" else f"-{features}")
-    with tracking.step_run(name, parent, tags={"xkd.dataset": dataset, "xkd.protocol": protocol}) as run:
+    with tracking.pipeline_step_run(
+        name, mlflow_parent, tags={"xkd.dataset": dataset, "xkd.protocol": protocol}
+    ) as run:
         tracking.log_params_flat(
             {k: metrics[k] for k in ("dataset", "protocol", "role", "features", "preset", "settings", "encoder_digest")}
         )
@@ -232,15 +237,6 @@ def _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_paren
         mlflow.log_artifact(str(out / "metrics.json"))
 
 
-def _variant(bundle: Path, features: str) -> str | None:
-    cfg = bundle / "config.json"
-    return json.loads(cfg.read_text()).get("variant") if features != "logmel-stats" and cfg.exists() else None
-
-
-def _folds(text: str) -> list[int] | None:
-    return None if text == "all" else [int(x) for x in text.split(",")]
-
-
 @cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.split("\n")[0])
@@ -252,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="the dataset's cache root (holding clips/ and/or spectrograms/)")
     ap.add_argument("--output", required=True)
     ap.add_argument("--features", default="encoder", choices=("encoder", "random-init", "logmel-stats"))
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument(
+        "--preset",
+        default=None,
+        help="the encoder preset the spec expects (tiny|base); refused when the bundle holds another "
+        "(default: the bundle's own)",
+    )
     ap.add_argument("--config", default=None, help="evaluation settings YAML (default configs/eval/<dataset>.yaml)")
     ap.add_argument("--shuffle-labels", action="store_true", help="control: permute the training labels")
     ap.add_argument("--feature-cache", default=None, help="where frozen features are cached (default DATA/features)")
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data,
         args.output,
         role=args.role,
-        folds=_folds(args.folds),
+        folds=args.folds,
         preset=args.preset,
         mlflow_parent=args.mlflow_parent,
         features=args.features,

@@ -168,11 +168,11 @@ def run(metrics: list[str], output: str, *, pretrain: str | None = None, mlflow_
     if pre is not None and (pre / "loss_curves.png").exists():
         shutil.copy(pre / "loss_curves.png", out / "loss_curves.png")
     (out / "report.md").write_text(render(found, pre))
-    tracking.connect()
-    parent = tracking.parent_run_id(create=True, cli_value=mlflow_parent)
+    parent = tracking.pipeline_parent(mlflow_parent)
     client = mlflow.MlflowClient()
     for f in sorted(out.iterdir()):
         client.log_artifact(parent, str(f), "report")
+    tracking.finish_parent(parent)  # the report is the fan-in: the pipeline run is complete
     return out / "report.md"
 
 

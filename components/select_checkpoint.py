@@ -113,9 +113,7 @@ def run(
         "role": winner["role"],
     }
 
-    tracking.connect()
-    parent = tracking.parent_run_id(create=True, cli_value=mlflow_parent)
-    with tracking.step_run("select_checkpoint", parent) as run:
+    with tracking.pipeline_step_run("select_checkpoint", mlflow_parent) as run:
         with tracking.MetricLogger(run.info.run_id) as logger:
             for c in candidates:
                 logger.log(c["step"], **{f"val_loss_{c['role']}": c["val_loss"]})

@@ -109,6 +109,20 @@ def _samples_av(fold: int) -> Fold:
     return Fold(fold, [s for s in samples if side(s) != fold], [s for s in samples if side(s) == fold])
 
 
+def parse_folds(folds: str | int | list[int] | None) -> list[int] | None:
+    """Folds as params.yaml, the CLI and the KFP spec write them: "all" (None: every fold), "1,2", 3 or [1, 2]."""
+    if folds is None or folds == "all":
+        return None
+    if isinstance(folds, int):
+        return [folds]
+    if isinstance(folds, str):
+        try:
+            return [int(f) for f in folds.split(",")]
+        except ValueError:
+            raise UsageError(f"folds must be 'all' or comma-separated integers such as '1,2', got {folds!r}") from None
+    return [int(f) for f in folds]
+
+
 def load_fold(name: str, fold: int) -> Fold:
     ds = info(name)
     if fold not in ds.folds:

@@ -195,6 +195,20 @@ def finish_parent(parent_id: str, status: str = "FINISHED") -> None:
     _client().set_terminated(parent_id, status=status)
 
 
+def pipeline_parent(mlflow_parent: str | None = None) -> str:
+    """Every step's preamble: connect to the store (one clear error if unusable), then the pipeline's parent
+    run (`parent_run_id`: the CLI value, the environment, outputs/mlflow_parent.json, or a new one)."""
+    connect()
+    return parent_run_id(create=True, cli_value=mlflow_parent)
+
+
+@contextlib.contextmanager
+def pipeline_step_run(step: str, mlflow_parent: str | None = None, **kwargs):
+    """`step_run` nested under `pipeline_parent(mlflow_parent)`; yields the ActiveRun."""
+    with step_run(step, pipeline_parent(mlflow_parent), **kwargs) as run:
+        yield run
+
+
 @contextlib.contextmanager
 def step_run(
     step: str,
