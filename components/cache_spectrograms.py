@@ -16,13 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from xkd.data.cache_build import build_cache, summarize
 from xkd.data.inputs import media_jobs
 from xkd.data.media import require_ffmpeg
-from xkd.data.spectrograms import STORAGE_DTYPE, clip_cache_jobs, from_audio_file, from_clip_cache
-from xkd.errors import UsageError, cli
+from xkd.errors import UsageError, cli, step_parser
 
 
 def run(
@@ -37,6 +34,10 @@ def run(
     """Cache whole-track log-mels for a clip cache (`clips`) or for audio files (`input`)."""
     if (clips is None) == (input is None):
         raise UsageError("give exactly one of --clips DIR or --input PATH")
+    import numpy as np
+
+    from xkd.data.spectrograms import STORAGE_DTYPE, clip_cache_jobs, from_audio_file, from_clip_cache
+
     params = {
         "min_duration_s": min_duration,
         "timeout_s": timeout_s,
@@ -57,17 +58,21 @@ def run(
     )
 
 
-@cli
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.cache_spectrograms", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    ap = step_parser("components.cache_spectrograms", __doc__)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--clips", help="clip cache directory (from components.extract_clips)")
     src.add_argument("--input", help="audio file, folder (recursive) or text file of paths")
     ap.add_argument("--output", required=True, help="spectrogram cache directory")
     ap.add_argument("--min-duration", type=float, default=1.0, help="seconds of audio; shorter is rejected")
-    ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1), help="worker processes")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per ffmpeg call")
-    args = ap.parse_args(argv)
+    return ap
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     report = run(
         args.output,
         clips=args.clips,

@@ -19,7 +19,7 @@ from xkd.data.cache_build import build_cache, summarize
 from xkd.data.clips import JPEG_QUALITY, extract_one
 from xkd.data.inputs import media_jobs
 from xkd.data.media import require_ffmpeg
-from xkd.errors import UsageError, cli
+from xkd.errors import UsageError, cli, step_parser
 
 
 def run(
@@ -65,19 +65,23 @@ def run(
     )
 
 
-@cli
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.extract_clips", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    ap = step_parser("components.extract_clips", __doc__)
     ap.add_argument("--input", required=True, help="folder (recursive), text file of paths, or a media file")
     ap.add_argument("--output", required=True, help="clip cache directory")
     ap.add_argument("--require-audio", action="store_true", help="reject files without an audio stream")
-    ap.add_argument("--fps", type=float, default=8.0)
+    ap.add_argument("--fps", type=float, default=8.0, help="frames per second kept (XKD's views read 8)")
     ap.add_argument("--short-side", type=int, default=112, help="112 for pretraining/SVM, 224+ for fine-tuning")
-    ap.add_argument("--sample-rate", type=int, default=16000)
+    ap.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate (Hz), mono")
     ap.add_argument("--min-duration", type=float, default=1.0, help="seconds; shorter files are rejected")
-    ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1), help="worker processes")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per ffmpeg call")
-    args = ap.parse_args(argv)
+    return ap
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     report = run(
         args.input,
         args.output,

@@ -30,7 +30,7 @@ from pathlib import Path
 from xkd.data.cache_build import MANIFEST, REPORT, read_manifest, read_report
 from xkd.data.inputs import clip_ids, discover
 from xkd.data.shards import shard_files
-from xkd.errors import UsageError, cli
+from xkd.errors import UsageError, cli, step_parser
 
 
 def _key(source: str, path: Path, root: Path | None) -> str:
@@ -165,24 +165,32 @@ def measure_speed(input: str = "data/samples/av") -> float:
         return report["media_seconds"] / (time.perf_counter() - t)
 
 
-@cli
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.merge_caches", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    ap = step_parser("components.merge_caches", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("partition", help="write N partition list files")
-    p.add_argument("--input", required=True)
-    p.add_argument("--parts", type=int, required=True)
-    p.add_argument("--out", required=True)
-    m = sub.add_parser("merge", help="merge partition caches into one manifest + report")
-    m.add_argument("--output", required=True)
-    m.add_argument("partitions", nargs="+")
-    e = sub.add_parser("estimate", help="pod-hours for a dataset at a per-core extraction speed")
-    e.add_argument("--clips", type=int, default=240_000)
+    p = sub.add_parser("partition", help="write N partition list files", formatter_class=ap.formatter_class)
+    p.add_argument("--input", required=True, help="folder, text file of paths or media file to partition")
+    p.add_argument("--parts", type=int, required=True, help="number of partitions")
+    p.add_argument("--out", required=True, help="folder for the partition list files")
+    m = sub.add_parser(
+        "merge", help="merge partition caches into one manifest + report", formatter_class=ap.formatter_class
+    )
+    m.add_argument("--output", required=True, help="the merged cache directory")
+    m.add_argument("partitions", nargs="+", help="the partition cache directories")
+    e = sub.add_parser(
+        "estimate", help="pod-hours for a dataset at a per-core extraction speed", formatter_class=ap.formatter_class
+    )
+    e.add_argument("--clips", type=int, default=240_000, help="number of clips in the dataset")
     e.add_argument("--seconds", type=float, default=10.0, help="media seconds per clip")
     e.add_argument("--speed", type=float, default=None, help="media-s/s/core (benchmarks.extraction prints it)")
     e.add_argument("--measure", default=None, metavar="PATH", help="measure the speed on these files first")
-    e.add_argument("--cores-per-pod", type=int, default=1)
-    args = ap.parse_args(argv)
+    e.add_argument("--cores-per-pod", type=int, default=1, help="cores each extraction pod gets")
+    return ap
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.cmd == "partition":
         for f in write_partitions(args.input, args.parts, args.out):
             print(f"{f}\t{sum(1 for _ in open(f))} files")

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from xkd.data.splits import DATASETS, summary_line, validate
-from xkd.errors import UsageError, cli
+from xkd.errors import UsageError, cli, step_parser
 from xkd.paths import REPO
 
 DVC_TIMEOUT_S = 24 * 3600  # a first push of K400 to a bucket takes hours; a hung dvc still ends
@@ -149,9 +149,8 @@ def run(
     return summary
 
 
-@cli
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.register_data", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    ap = step_parser("components.register_data", __doc__)
     ap.add_argument("--dataset", required=True, help=f"dataset name ({', '.join(DATASETS)} are validated)")
     ap.add_argument("--src", required=True, help="the folder holding your copy of the dataset")
     ap.add_argument("--split", type=int, default=None, help="split list to validate against (default 1)")
@@ -165,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-push", action="store_true", help="dvc add only")
     ap.add_argument("--report", default=None, help="write the validation report (every missing file) here")
     ap.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     s = run(
         args.dataset,
         args.src,

@@ -18,43 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import mlflow
-import torch
-import yaml
-from tqdm import tqdm
-
-import model as xkd_model
-from xkd.data.photometric import finish_batch
-from xkd.data.pretrain_dataset import PretrainDataset, ViewConfig, collate, sample_seed
-from xkd.errors import UsageError, cli
-from xkd.tracking import lineage, registry
-from xkd.tracking import runs as tracking
-from xkd.train import checkpoint
-from xkd.train.config import build_config
-
-RULE = "min held-out XKD loss (label-free), student and EMA teacher, every kept checkpoint"
-
-
-def _use_teacher_as_student(net: xkd_model.XKD) -> None:
-    with torch.no_grad():
-        for m in ("video", "audio"):
-            student, teacher = getattr(net, f"{m}_student"), getattr(net, f"{m}_teacher")
-            for ps, pt in zip(student.parameters(), teacher.parameters()):
-                ps.copy_(pt)
-
-
-@torch.no_grad()
-def validation_loss(net: xkd_model.XKD, batches: list[dict], seed: int) -> float:
-    """Mean total loss over fixed batches; the masks are seeded per batch, the DINO centres restored."""
-    net.eval()
-    centres = {k: v.clone() for k, v in net.named_buffers()}
-    total = 0.0
-    for i, batch in enumerate(batches):
-        g = torch.Generator().manual_seed(sample_seed(seed, 2**31, i))  # a stream training never uses
-        total += float(net(batch, epoch=net.cfg.epochs - 1, generator=g)["total"])
-    for k, v in net.named_buffers():  # scoring must not move the centres the next candidate starts from
-        v.copy_(centres[k])
-    return total / len(batches)
+from xkd.errors import MLFLOW_PARENT_HELP, UsageError, cli, step_parser
 
 
 def run(
@@ -67,6 +31,14 @@ def run(
     register: bool = True,
     mlflow_parent: str | None = None,
 ) -> dict:
+    import mlflow
+    import yaml
+
+    from xkd.tracking import lineage, registry
+    from xkd.tracking import runs as tracking
+    from xkd.train import checkpoint, selection
+    from xkd.train.config import build_config
+
     pre, out = Path(pretrain), Path(output)
     ckpts = checkpoint.checkpoint_dirs(pre)
     if not ckpts:
@@ -78,34 +50,15 @@ def run(
             "touching a test split; pretrain with a hold-out"
         )
     cfg = build_config(yaml.safe_load((pre / "config.yaml").read_text()))
-    views = ViewConfig.from_config(cfg)
-    data = PretrainDataset(clips, spectrograms, views, seed=cfg.train.seed, clip_ids=held)
-    samples = [data[(i, 0, i)] for i in range(len(data))]
-    batches = [finish_batch(collate(samples[i : i + batch_size])) for i in range(0, len(samples), batch_size)]
-
-    candidates = []
-    for ck in tqdm(ckpts, desc="score checkpoints", unit="ckpt"):
-        step = int(ck.name.split("-")[1])
-        for role in ("student", "teacher"):
-            net = xkd_model.build(cfg.model)
-            xkd_model.load_state(net, ck / "model.safetensors")
-            if role == "teacher":
-                _use_teacher_as_student(net)
-            candidates.append(
-                {
-                    "checkpoint": ck.name,
-                    "step": step,
-                    "role": role,
-                    "val_loss": validation_loss(net, batches, cfg.train.seed),
-                }
-            )
-    winner = min(candidates, key=lambda c: (c["val_loss"], -c["step"], c["role"]))
+    batches = selection.held_out_batches(cfg, clips, spectrograms, held, batch_size)
+    candidates = selection.score_checkpoints(cfg, ckpts, batches)
+    winner = selection.winner(candidates)
     out.mkdir(parents=True, exist_ok=True)
     bundle = out / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
     shutil.copytree(pre / "checkpoints" / winner["checkpoint"] / "bundle", bundle)
-    selection = {
-        "rule": RULE,
+    result = {
+        "rule": selection.RULE,
         "holdout_clips": held,
         "candidates": candidates,
         "winner": winner,
@@ -119,7 +72,7 @@ def run(
                 logger.log(c["step"], **{f"val_loss_{c['role']}": c["val_loss"]})
         tracking.log_params_flat(
             {
-                "rule": RULE,
+                "rule": selection.RULE,
                 "holdout_clips": len(held),
                 "candidates": len(candidates),
                 "winner": f"{winner['checkpoint']}/{winner['role']}",
@@ -135,28 +88,32 @@ def run(
                     "role": winner["role"],
                     "step": str(winner["step"]),
                     "val_loss": f"{winner['val_loss']:.6f}",
-                    "rule": RULE,
+                    "rule": selection.RULE,
                     "pretrain_run": json.loads((pre / "run.json").read_text()).get("mlflow_run_id", ""),
                 },
             )
             lineage.tag_model_version(registry.NAME, version, records)
-            selection["registered"] = {"name": registry.NAME, "version": int(version), "alias": registry.ALIAS}
-        (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+            result["registered"] = {"name": registry.NAME, "version": int(version), "alias": registry.ALIAS}
+        (out / "selection.json").write_text(json.dumps(result, indent=2) + "\n")
         mlflow.log_artifact(str(out / "selection.json"))
-    return selection
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = step_parser("components.select_checkpoint", __doc__)
+    ap.add_argument("--pretrain", required=True, help="pretraining output directory (checkpoints/, holdout.json)")
+    ap.add_argument("--clips", required=True, help="the clip cache pretraining used")
+    ap.add_argument("--spectrograms", default=None, help="the spectrogram cache pretraining used, if any")
+    ap.add_argument("--output", required=True, help="where selection.json and bundle/ are written")
+    ap.add_argument("--batch-size", type=int, default=2, help="held-out clips per scoring batch")
+    ap.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
+    ap.add_argument("--mlflow-parent", default=None, help=MLFLOW_PARENT_HELP)
+    return ap
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.select_checkpoint", description=__doc__.split("\n")[0])
-    ap.add_argument("--pretrain", required=True, help="pretraining output directory")
-    ap.add_argument("--clips", required=True, help="the clip cache pretraining used")
-    ap.add_argument("--spectrograms", default=None)
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
-    ap.add_argument("--mlflow-parent", default=None)
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     sel = run(
         args.pretrain,
         args.clips,

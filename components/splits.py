@@ -14,23 +14,29 @@ import sys
 from pathlib import Path
 
 from xkd.data.splits import DATASETS, counts, load_split, summary_line, validate
-from xkd.errors import cli
+from xkd.errors import cli, step_parser
 
 
-@cli
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.splits", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    ap = step_parser("components.splits", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("validate", help="count which listed files a dataset copy has")
-    v.add_argument("--dataset", required=True, choices=DATASETS)
+    v = sub.add_parser(
+        "validate", help="count which listed files a dataset copy has", formatter_class=ap.formatter_class
+    )
+    v.add_argument("--dataset", required=True, choices=DATASETS, help="which official lists")
     v.add_argument("--root", required=True, help="the dataset copy's folder")
     v.add_argument("--split", type=int, default=None, help="split / fold number (default 1)")
     v.add_argument("--json", help="write the full report (every missing file) to this JSON file")
     v.add_argument("--show", type=int, default=20, help="print at most this many missing files")
-    c = sub.add_parser("counts", help="print the number of listed files per subset")
-    c.add_argument("--dataset", required=True, choices=DATASETS)
-    c.add_argument("--split", type=int, default=None)
-    args = ap.parse_args(argv)
+    c = sub.add_parser("counts", help="print the number of listed files per subset", formatter_class=ap.formatter_class)
+    c.add_argument("--dataset", required=True, choices=DATASETS, help="which official lists")
+    c.add_argument("--split", type=int, default=None, help="split / fold number (default 1)")
+    return ap
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.cmd == "counts":
         print(json.dumps(counts(load_split(args.dataset, args.split))))
         return 0

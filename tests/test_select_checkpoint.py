@@ -9,6 +9,7 @@ import yaml
 
 from components import select_checkpoint
 from xkd.data.pretrain_dataset import ViewConfig
+from xkd.train import selection
 from xkd.train.config import load_config
 
 
@@ -29,7 +30,7 @@ def test_selection_uses_the_pretraining_view_config(tmp_path, micro_clips, monke
         seen["views"] = views
         raise _Captured
 
-    monkeypatch.setattr(select_checkpoint, "PretrainDataset", capture)
+    monkeypatch.setattr(selection, "PretrainDataset", capture)
     with pytest.raises(_Captured):
         select_checkpoint.run(str(pre), str(micro_clips), None, str(tmp_path / "select"), register=False)
     assert seen["views"] == ViewConfig.from_config(cfg)
