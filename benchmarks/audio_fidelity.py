@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from xkd.data.cache import CacheReader
-from xkd.data.logmel import HOP, frames_for, log_mel
+from xkd.data.geometry import CLIP_SAMPLES, LOCAL_SAMPLES
+from xkd.data.logmel import HOP, SAMPLE_RATE, frames_for, log_mel
 from xkd.data.views import volume_shift
 
 EDGE = 4  # frames whose 1024-sample window reaches outside the slice: ceil(512 / 143)
@@ -27,18 +28,18 @@ EDGE = 4  # frames whose 1024-sample window reaches outside the slice: ceil(512 
 def measure(clips_dir: str, specs_dir: str, stride: int = 7) -> dict:
     clips, specs = CacheReader(clips_dir), CacheReader(specs_dir)
     jitter = {g: [] for g in (0.8, 0.9, 1.1, 1.2)}
-    edge, interior = {16000: [], 64000: []}, {16000: [], 64000: []}
+    edge, interior = {LOCAL_SAMPLES: [], CLIP_SAMPLES: []}, {LOCAL_SAMPLES: [], CLIP_SAMPLES: []}
     for cid in specs.ids():
         wave = torch.from_numpy(clips.audio(cid))
         cached = torch.from_numpy(specs.spectrogram(cid))
-        for n in (64000, 16000):
+        for n in (CLIP_SAMPLES, LOCAL_SAMPLES):
             frames = frames_for(n)
             for j in range(0, (len(wave) - n) // HOP, stride):
                 exact = log_mel(wave[HOP * j : HOP * j + n])
                 diff = (cached[:, j : j + frames] - exact).abs()
                 edge[n].append(torch.cat([diff[:, :EDGE], diff[:, -EDGE:]], 1).max().item())
                 interior[n].append(diff[:, EDGE:-EDGE].max().item())
-                if n == 64000 and j % (stride * 10) == 0:
+                if n == CLIP_SAMPLES and j % (stride * 10) == 0:
                     for g in jitter:
                         jitter[g].append((log_mel(wave[HOP * j : HOP * j + n] * g) - exact - volume_shift(g)).abs())
     return {
@@ -64,10 +65,10 @@ def main() -> None:
             f"volume jitter g={g}: additive shift vs exact: max {d.max():.2e}, mean {d.mean():.2e}, "
             f"99.9th pct {d.quantile(0.999):.2e}"
         )
-    for n in (64000, 16000):
+    for n in (CLIP_SAMPLES, LOCAL_SAMPLES):
         e, i = np.array(m["edge"][n]), np.array(m["interior"][n])
         print(
-            f"{n // 16000} s slice vs recompute ({len(e)} windows): edge {EDGE}+{EDGE} frames max {e.max():.3f} "
+            f"{n // SAMPLE_RATE} s slice vs recompute ({len(e)} windows): edge {EDGE}+{EDGE} frames max {e.max():.3f} "
             f"(median {np.median(e):.3f}); interior max {i.max():.2e} (float16 storage)"
         )
 

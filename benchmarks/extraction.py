@@ -18,14 +18,16 @@ from pathlib import Path
 
 from components.extract_clips import run
 from xkd.data.cache_build import read_report
+from xkd.data.geometry import FPS, VIDEO_SIZE
 from xkd.data.inputs import media_jobs
+from xkd.data.logmel import SAMPLE_RATE
 from xkd.data.media import probe, scaled_size
 
 
 def naive_extract(files: list[str], out: Path) -> None:
     for i, f in enumerate(files):
         info = probe(f, 60)
-        w, h = scaled_size(info.video.width, info.video.height, 112)
+        w, h = scaled_size(info.video.width, info.video.height, VIDEO_SIZE)
         frames = out / f"{i:04d}"
         frames.mkdir()
         subprocess.run(
@@ -41,7 +43,7 @@ def naive_extract(files: list[str], out: Path) -> None:
                 "-map",
                 "0:v:0",
                 "-vf",
-                f"fps=8,scale={w}:{h}",
+                f"fps={FPS},scale={w}:{h}",
                 "-q:v",
                 "2",
                 str(frames / "%05d.jpg"),
@@ -64,7 +66,7 @@ def naive_extract(files: list[str], out: Path) -> None:
                     "-ac",
                     "1",
                     "-ar",
-                    "16000",
+                    str(SAMPLE_RATE),
                     str(out / f"{i:04d}.wav"),
                 ],
                 check=True,

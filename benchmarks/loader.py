@@ -3,7 +3,7 @@ measured in the same run on the same real sample clips (the six with audio in da
 
     python -m benchmarks.loader [--clips-dir data/cache/samples-av/clips] [--rounds 5]
 
-Official-style baseline (xkd_spec §1, §9: ~6.5 clips/s/core measured with the official code): per clip,
+Official-style baseline (docs/xkd_spec.md §1, §9: ~6.5 clips/s/core measured with the official code): per clip,
 decode a 4 s window of the raw file at native resolution (ffmpeg, seeking like PyAV), then per-frame PIL
 transforms (short-side resize to 112, RandomResizedCrop, flip, ColorJitter in random order; the local view
 adds grey and blur), ToTensor + Normalize; audio decoded to 16 kHz, librosa log-mel for the 4 s global and
@@ -26,13 +26,14 @@ from torchvision.transforms import ColorJitter, RandomResizedCrop
 
 from benchmarks.spectrograms import librosa_front_end
 from xkd.data import views
-from xkd.data.cache import CacheReader
+from xkd.data.cache import PCM_SCALE, CacheReader
+from xkd.data.geometry import LOCAL_SIZE, VIDEO_SIZE
 from xkd.data.media import probe
-from xkd.data.photometric import finish_batch
+from xkd.data.photometric import IMAGENET_MEAN, IMAGENET_STD, finish_batch
 from xkd.data.pretrain_dataset import PretrainDataset, ViewConfig, collate
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-OFFICIAL_RECORDED = 6.5  # clips/s/core, the official loader on four real clips (xkd_spec §9)
+MEAN, STD = list(IMAGENET_MEAN), list(IMAGENET_STD)
+OFFICIAL_RECORDED = 6.5  # clips/s/core, the official loader on four real clips (docs/xkd_spec.md §9)
 
 
 def _pil_view(frames: list[Image.Image], size: int, scale, local: bool) -> torch.Tensor:
@@ -56,20 +57,20 @@ def _pil_view(frames: list[Image.Image], size: int, scale, local: bool) -> torch
 
 def official_style(path: str) -> dict:
     info = probe(path, 60)
-    t0 = random.uniform(0, max(0.0, info.duration_s - 4.0))
+    t0 = random.uniform(0, max(0.0, info.duration_s - views.CLIP_S))
     # decode the 4 s window at native size (one pass; the official code seeks with PyAV)
     dec = decode_window(path, info, t0)
-    frames = [Image.fromarray(f) for f in dec.frames[:32]]
-    frames = [TF.resize(f, 112) for f in frames]
-    video = _pil_view(frames, 112, (0.2, 1.0), local=False)
-    start = random.randint(0, 24)
-    local = _pil_view(frames[start : start + 8], 96, (0.08, 0.4), local=True)
-    wave = np.zeros(64000, np.float32)
-    audio = dec.audio[:64000].astype(np.float32) / 32767
+    frames = [Image.fromarray(f) for f in dec.frames[: views.CLIP_FRAMES]]
+    frames = [TF.resize(f, VIDEO_SIZE) for f in frames]
+    video = _pil_view(frames, VIDEO_SIZE, (0.2, 1.0), local=False)
+    start = random.randint(0, views.CLIP_FRAMES - views.LOCAL_FRAMES)
+    local = _pil_view(frames[start : start + views.LOCAL_FRAMES], LOCAL_SIZE, (0.08, 0.4), local=True)
+    wave = np.zeros(views.CLIP_SAMPLES, np.float32)
+    audio = dec.audio[: views.CLIP_SAMPLES].astype(np.float32) / PCM_SCALE
     wave[: len(audio)] = audio
     glob = librosa_front_end(wave * random.uniform(0.9, 1.1))
-    s0 = 100 * random.randint(0, 480)
-    loc = librosa_front_end(wave[s0 : s0 + 16000] * random.uniform(0.8, 1.2))
+    s0 = 100 * random.randint(0, (views.CLIP_SAMPLES - views.LOCAL_SAMPLES) // 100)
+    loc = librosa_front_end(wave[s0 : s0 + views.LOCAL_SAMPLES] * random.uniform(0.8, 1.2))
     loc = views.byol_rrc(torch.from_numpy(loc), torch.Generator().manual_seed(s0))
     return {"video": video, "video_local": local, "audio": glob, "audio_local": loc}
 
@@ -83,17 +84,19 @@ def decode_window(path, info, t0):
 
     from xkd.data.media import Decoded
 
-    inp = ffmpeg.input(path, ss=t0, t=4.0, threads=1)
+    inp = ffmpeg.input(path, ss=t0, t=views.CLIP_S, threads=1)
     with tempfile.NamedTemporaryFile(suffix=".s16le") as audio_file:
-        v = ffmpeg.output(inp[str(info.video.index)].filter("fps", fps=8), "pipe:", format="rawvideo", pix_fmt="rgb24")
-        a = ffmpeg.output(inp[str(info.audio.index)], audio_file.name, format="s16le", ac=1, ar=16000)
+        v = ffmpeg.output(
+            inp[str(info.video.index)].filter("fps", fps=views.FPS), "pipe:", format="rawvideo", pix_fmt="rgb24"
+        )
+        a = ffmpeg.output(inp[str(info.audio.index)], audio_file.name, format="s16le", ac=1, ar=views.SAMPLE_RATE)
         cmd = ffmpeg.merge_outputs(v, a).global_args("-nostdin", "-v", "error", "-y").compile()
         raw = subprocess.run(cmd, capture_output=True, check=True).stdout
         audio = np.fromfile(audio_file.name, dtype="<i2")
     w, h = info.video.width, info.video.height
     frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
-    if len(frames) < 32:
-        frames = np.concatenate([frames, np.repeat(frames[-1:], 32 - len(frames), 0)])
+    if len(frames) < views.CLIP_FRAMES:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], views.CLIP_FRAMES - len(frames), 0)])
     return Decoded(frames=frames, audio=audio)
 
 
@@ -119,7 +122,7 @@ def main() -> None:
     print(f"clips: {len(sources)} real clips with audio, 1 thread (per core)")
     print(
         f"official-style path (raw decode + per-frame PIL + librosa): {off_rate:7.1f} clips/s/core "
-        f"(the official code measured {OFFICIAL_RECORDED:.1f} on this machine kind, xkd_spec §9)"
+        f"(the official code measured {OFFICIAL_RECORDED:.1f} on this machine kind, docs/xkd_spec.md §9)"
     )
     for source in ("waveform", "spectrogram"):
         ds = PretrainDataset(args.clips_dir, args.spectrograms_dir, ViewConfig(audio_source=source))

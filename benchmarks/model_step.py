@@ -8,7 +8,7 @@ the paper's geometry (video 32x112^2 + local views, audio 80x448 + local view). 
 other processes on a shared 2-core machine inflate wall times several-fold.
 
 Baseline: the official code cannot run here (it needs patched imports, CUDA AMP and DDP), so the reference
-is the figure recorded in the spec (xkd_spec.md §7), measured by instantiating the official classes on this
+is the figure recorded in the spec (docs/xkd_spec.md §7), measured by instantiating the official classes on this
 machine kind (2-core CPU, 2 threads, batch 2): forward+backward 4.8-5.8 s, AdamW step + EMA 0.4-0.5 s.
 """
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{load:>9}  {ratio}"
         )
     print(
-        "Official baseline (xkd_spec.md §7, recorded on this machine kind, not re-run here): "
+        "Official baseline (docs/xkd_spec.md §7, recorded on this machine kind, not re-run here): "
         f"fwd+bwd {OFFICIAL_FWD_BWD[0]}-{OFFICIAL_FWD_BWD[1]} s, AdamW+EMA {OFFICIAL_OPT_EMA[0]}-"
         f"{OFFICIAL_OPT_EMA[1]} s. Target: <= 0.9x."
     )

@@ -5,7 +5,7 @@ views, photometric ops, forward, backward, per-tensor clip, AdamW, EMA, logging)
 
 Each preset runs in a fresh process (peak RSS is that process's own). The first step (start-up, lazy
 init) is excluded from the step time. Baseline for `base`: the official code's forward+backward at
-batch 2 on this machine kind, 4.8-5.8 s, plus 0.4-0.5 s for AdamW+EMA (xkd_spec.md §7; recorded with
+batch 2 on this machine kind, 4.8-5.8 s, plus 0.4-0.5 s for AdamW+EMA (docs/xkd_spec.md §7; recorded with
 the official classes, which need patching to run at all, so they are not re-run here). Needs the sample
 caches (`make run` builds them). A CUDA device, when present, runs bf16 and also reports MFU.
 """

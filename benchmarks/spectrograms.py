@@ -17,23 +17,23 @@ import librosa
 import numpy as np
 import torch
 
-from xkd.data.logmel import LOG_EPS, NORM_MEAN, NORM_STD, log_mel
+from xkd.data.logmel import HOP, LOG_EPS, N_FFT, N_MELS, NORM_MEAN, NORM_STD, SAMPLE_RATE, log_mel
 
 
 def librosa_front_end(wave: np.ndarray) -> np.ndarray:
     mel = librosa.feature.melspectrogram(
         y=wave,
-        sr=16000,
-        n_fft=1024,
-        hop_length=143,
-        win_length=1024,
+        sr=SAMPLE_RATE,
+        n_fft=N_FFT,
+        hop_length=HOP,
+        win_length=N_FFT,
         window="hann",
         center=True,
         pad_mode="reflect",
         power=2.0,
-        n_mels=80,
+        n_mels=N_MELS,
         fmin=0.0,
-        fmax=8000.0,
+        fmax=SAMPLE_RATE / 2,
         htk=False,
         norm="slaney",
     )
@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     files = sorted(Path(args.input).glob("*.ogg"))[: args.clips]
-    waves = [librosa.load(f, sr=16000, mono=True)[0] for f in files]
+    waves = [librosa.load(f, sr=SAMPLE_RATE, mono=True)[0] for f in files]
     librosa_front_end(waves[0]), log_mel(waves[0])  # warm-up (librosa/numba caches, torch kernels)
 
     t = time.perf_counter()
@@ -58,7 +58,7 @@ def main() -> None:
     t_ref = time.perf_counter() - t
 
     worst = max(float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(ours, ref))
-    seconds = sum(len(w) for w in waves) / 16000
+    seconds = sum(len(w) for w in waves) / SAMPLE_RATE
     print(f"clips: {len(waves)} ({seconds:.0f} s of real ESC-10 audio), 1 thread")
     print(f"ours (torchaudio): {len(waves) / t_ours:8.1f} clips/s  {seconds / t_ours:8.0f} audio-s/s")
     print(f"librosa (official): {len(waves) / t_ref:7.1f} clips/s  {seconds / t_ref:8.0f} audio-s/s")

@@ -6,7 +6,7 @@
 Writes `OUTPUT/metrics.json` (Contracts): per fold the score with hyper-parameters chosen on a validation
 carve of the training split (`selected_on: "val"`), mean and std over folds, and beside it the official
 code's choice on the test fold (`paper_style`, labelled). Protocol settings come from
-`configs/eval/<dataset>.yaml` (the official values; esc10.yaml scales them down for the CPU run).
+`configs/eval/<dataset>.yaml` (the official values; configs/eval/esc10.yaml scales them down for the CPU run).
 Each evaluation is an MLflow run nested under the pipeline's parent run.
 """
 
@@ -18,20 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
-import numpy as np
-import torch
 import yaml
 
-from xkd.data.cache import CacheReader
-from xkd.errors import UsageError, cli
+from xkd.errors import MLFLOW_PARENT_HELP, UsageError, cli, step_parser
 from xkd.evaluation import datasets as eval_datasets
-from xkd.evaluation import finetune as eval_finetune
-from xkd.evaluation import protocols as eval_protocols
-from xkd.evaluation.features import FeatureSource, ViewSettings, compute, joint
 from xkd.paths import CONFIGS
-from xkd.tracking import lineage
-from xkd.tracking import runs as tracking
 
 PROTOCOLS = ("svm", "linear", "finetune")
 PAPER_RULE = "hyper-parameter (SVM C / epoch) with the best score on the test fold, as the official code"
@@ -58,11 +49,13 @@ def resolve_role(encoder: Path, role: str) -> str:
 
 
 def _features(source, clips, specs, ids, vs, cache_dir):
-    feats = {}
+    from xkd.evaluation.features import EvalViews, compute, joint
+
+    feats, views = {}, EvalViews(clips, specs)  # both caches: aligned windows; a foreign geometry refused here
     if clips is not None:
-        feats["video"] = compute(source, "video", CacheReader(clips), ids, vs, cache_dir)
+        feats["video"] = compute(source, "video", views, ids, vs, cache_dir)
     if specs is not None:
-        feats["audio"] = compute(source, "audio", CacheReader(specs), ids, vs, cache_dir)
+        feats["audio"] = compute(source, "audio", views, ids, vs, cache_dir)
     if len(feats) == 2:
         crops = vs.test_crops
         feats["audio"]["test"] = feats["audio"]["test"].repeat_interleave(crops, 1)
@@ -87,6 +80,14 @@ def run(
     shuffle_labels: bool = False,
 ) -> dict:
     """Evaluate and write OUTPUT/metrics.json; returns its content."""
+    import numpy as np
+    import torch
+
+    from xkd.data.cache import CacheReader
+    from xkd.evaluation import finetune as eval_finetune
+    from xkd.evaluation import protocols as eval_protocols
+    from xkd.evaluation.features import FeatureSource, ViewSettings
+
     started = time.time()
     ds = eval_datasets.info(dataset)
     if protocol not in PROTOCOLS:
@@ -110,12 +111,7 @@ def run(
     folds = eval_datasets.parse_folds(folds) or list(ds.folds)
     settings = load_settings(dataset, protocol, config)
     clips, specs = eval_datasets.cache_dirs(dataset, data)
-    vs = ViewSettings(
-        train_views=settings.get("train_views", 25),
-        test_clips=settings.get("test_clips", 3),
-        test_crops=settings.get("test_crops", 1),
-        gain_jitter=settings.get("gain_jitter", 0.1),
-    )
+    vs = ViewSettings.from_settings(settings)  # train_views, test_clips, test_crops, gain_jitter, size, ...
     fold_data = [eval_datasets.load_fold(dataset, f) for f in folds]
     available = set.intersection(*(set(CacheReader(p).ids()) for p in (clips, specs) if p is not None))
     universe = sorted({s.clip_id for f in fold_data for s in f.train + f.test})
@@ -213,6 +209,11 @@ def run(
 
 
 def _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_parent) -> None:
+    import mlflow
+
+    from xkd.tracking import lineage
+    from xkd.tracking import runs as tracking
+
     name = f"evaluate:{dataset}-{protocol}" + ("" if features == "encoder" else f"-{features}")
     with tracking.pipeline_step_run(
         name, mlflow_parent, tags={"xkd.dataset": dataset, "xkd.protocol": protocol}
@@ -237,17 +238,28 @@ def _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_paren
         mlflow.log_artifact(str(out / "metrics.json"))
 
 
-@cli
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    ap = step_parser("components.evaluate", __doc__)
     ap.add_argument("--encoder", default="", help="encoder bundle directory (not needed for logmel-stats)")
-    ap.add_argument("--role", default="student", choices=("student", "teacher", "selected"))
-    ap.add_argument("--dataset", required=True, choices=list(eval_datasets.DATASETS))
-    ap.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    ap.add_argument(
+        "--role",
+        default="student",
+        choices=("student", "teacher", "selected"),
+        help="which encoders of the bundle; selected: the role checkpoint selection chose",
+    )
+    ap.add_argument("--dataset", required=True, choices=list(eval_datasets.DATASETS), help="downstream dataset")
+    ap.add_argument(
+        "--protocol", required=True, choices=PROTOCOLS, help="frozen-feature svm / linear probe, or finetune"
+    )
     ap.add_argument("--folds", default="all", help="comma-separated folds/splits, or all")
     ap.add_argument("--data", required=True, help="the dataset's cache root (holding clips/ and/or spectrograms/)")
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--features", default="encoder", choices=("encoder", "random-init", "logmel-stats"))
+    ap.add_argument("--output", required=True, help="where metrics.json is written")
+    ap.add_argument(
+        "--features",
+        default="encoder",
+        choices=("encoder", "random-init", "logmel-stats"),
+        help="the bundle's encoder, or a control through the same code path",
+    )
     ap.add_argument(
         "--preset",
         default=None,
@@ -257,8 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="evaluation settings YAML (default configs/eval/<dataset>.yaml)")
     ap.add_argument("--shuffle-labels", action="store_true", help="control: permute the training labels")
     ap.add_argument("--feature-cache", default=None, help="where frozen features are cached (default DATA/features)")
-    ap.add_argument("--mlflow-parent", default=None)
-    args = ap.parse_args(argv)
+    ap.add_argument("--mlflow-parent", default=None, help=MLFLOW_PARENT_HELP)
+    return ap
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     m = run(
         args.encoder,
         args.dataset,

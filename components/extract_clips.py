@@ -17,7 +17,9 @@ from pathlib import Path
 
 from xkd.data.cache_build import build_cache, summarize
 from xkd.data.clips import JPEG_QUALITY, extract_one
+from xkd.data.geometry import FPS, VIDEO_SIZE
 from xkd.data.inputs import media_jobs
+from xkd.data.logmel import SAMPLE_RATE
 from xkd.data.media import require_ffmpeg
 from xkd.errors import UsageError, cli, step_parser
 
@@ -27,9 +29,9 @@ def run(
     output: str,
     *,
     require_audio: bool = False,
-    fps: float = 8.0,
-    short_side: int = 112,
-    sample_rate: int = 16000,
+    fps: float = float(FPS),  # a float, as caches have always recorded it (the params hash is unchanged)
+    short_side: int = VIDEO_SIZE,
+    sample_rate: int = SAMPLE_RATE,
     min_duration: float = 1.0,
     workers: int = 1,
     timeout_s: float = 600.0,
@@ -70,9 +72,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--input", required=True, help="folder (recursive), text file of paths, or a media file")
     ap.add_argument("--output", required=True, help="clip cache directory")
     ap.add_argument("--require-audio", action="store_true", help="reject files without an audio stream")
-    ap.add_argument("--fps", type=float, default=8.0, help="frames per second kept (XKD's views read 8)")
-    ap.add_argument("--short-side", type=int, default=112, help="112 for pretraining/SVM, 224+ for fine-tuning")
-    ap.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate (Hz), mono")
+    ap.add_argument("--fps", type=float, default=float(FPS), help=f"frames per second kept (XKD's views read {FPS})")
+    ap.add_argument(
+        "--short-side", type=int, default=VIDEO_SIZE, help=f"{VIDEO_SIZE} for pretraining/SVM, 224+ for fine-tuning"
+    )
+    ap.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="audio sample rate (Hz), mono")
     ap.add_argument("--min-duration", type=float, default=1.0, help="seconds; shorter files are rejected")
     ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1), help="worker processes")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per ffmpeg call")

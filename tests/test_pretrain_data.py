@@ -196,3 +196,122 @@ def test_fast_audio_path_differences_are_what_the_readme_says(micro_clips, micro
         assert max(m["edge"][n]) > 0.1  # the edges really differ (documented)
     for g, d in m["jitter"].items():
         assert d.mean() < 5e-3 and d.max() <= abs(views.volume_shift(g)) + 1e-3
+
+
+# --- input geometry: defined once, read back from the cache, a foreign cache refused up front -------------
+
+
+@pytest.fixture(scope="module")
+def fps16(tmp_path_factory):
+    import view_caches
+
+    return view_caches.fps16(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def late_audio(tmp_path_factory):
+    import view_caches
+
+    return view_caches.late_audio(tmp_path_factory)
+
+
+def test_the_model_input_geometry_is_the_data_geometry():
+    import model
+    from xkd.data import geometry, logmel
+
+    cfg = model.preset("base")
+    assert cfg.video_input == (3, geometry.CLIP_FRAMES, geometry.VIDEO_SIZE, geometry.VIDEO_SIZE)
+    assert cfg.video_local == (3, geometry.LOCAL_FRAMES, geometry.LOCAL_SIZE, geometry.LOCAL_SIZE)
+    assert cfg.audio_input == (1, logmel.N_MELS, logmel.frames_for(geometry.CLIP_SAMPLES))
+    assert cfg.audio_local == (1, logmel.N_MELS, logmel.frames_for(geometry.LOCAL_SAMPLES))
+    assert geometry.CLIP_FRAMES == geometry.CLIP_S * geometry.FPS  # 32 frames over 4 s
+    assert geometry.CLIP_SAMPLES == geometry.CLIP_S * logmel.SAMPLE_RATE
+
+
+def test_a_clip_cache_at_another_fps_is_refused_when_the_dataset_is_built(fps16):
+    from xkd.errors import UsageError
+
+    for source in ("waveform", "spectrogram"):
+        with pytest.raises(UsageError, match=r"(?s)fps16.*16(\.0)? fps.*re-extract with --fps 8"):
+            PretrainDataset(fps16["clips"], fps16["spectrograms"], ViewConfig(audio_source=source))
+
+
+def test_a_cache_at_another_sample_rate_is_refused_when_the_dataset_is_built(tmp_path_factory):
+    import view_caches
+
+    from xkd.errors import UsageError
+
+    sr = view_caches.sr22050(tmp_path_factory)
+    with pytest.raises(UsageError, match=r"(?s)clips.*22050.*--sample-rate 16000"):
+        PretrainDataset(sr["clips"], None, ViewConfig())
+    with pytest.raises(UsageError, match=r"(?s)spectrograms.*22050"):
+        PretrainDataset(sr["clips"], sr["spectrograms"], ViewConfig(audio_source="spectrogram"))
+
+
+def test_default_views_are_unchanged_for_a_fixed_seed(micro_clips):
+    """The numbers the official-default loader produced before align_local_views was wired in (bit-exact
+    draws: the augmentation parameters; content: frame and spectrogram statistics of the drawn windows)."""
+    ds = PretrainDataset(micro_clips, None, ViewConfig(video_local_views=2), seed=3)
+    s = ds[(ds.ids.index("flipping_a_pancake"), 1, 5)]
+    assert s["video_aug"].tolist() == pytest.approx(
+        [0.91529, 0.852138, 0.870378, -0.005867, 2, 3, 1, 0, 0, 0, 0.1, 2], abs=1e-6
+    )
+    assert [a.tolist() for a in s["video_local_aug"]] == [
+        pytest.approx([1.164373, 0.976454, 1.142776, 0.160902, 0, 1, 2, 3, 0, 1, 0.1, 2], abs=1e-6),
+        pytest.approx([1.169909, 1.166159, 0.963268, -0.142294, 1, 2, 3, 0, 0, 1, 0.1, 2], abs=1e-6),
+    ]
+    means = s["video"].float().mean((0, 2, 3))[::4].tolist()
+    assert means == pytest.approx([127.133, 123.49, 122.394, 121.491, 111.19, 101.053, 109.751, 104.423], abs=0.2)
+    assert [v.float().mean().item() for v in s["video_local"]] == pytest.approx([103.136, 99.225], abs=0.2)
+    assert (s["audio"].mean().item(), s["audio"].std().item()) == pytest.approx((-0.36045, 0.48221), abs=2e-4)
+    local = s["audio_local"][0]
+    assert (local.mean().item(), local.std().item()) == pytest.approx((-0.2068, 0.41234), abs=2e-4)
+
+
+def test_aligned_local_views_start_at_the_same_time(late_audio, monkeypatch):
+    """align_local_views: the 1 s audio local view starts where the first 8-frame video local view starts,
+    in stream time, on a clip whose audio starts 0.73 s after its video."""
+    from xkd.train.config import load_config
+
+    cfg = load_config("tiny", ["model.align_local_views=true"])
+    assert (
+        ViewConfig.from_config(cfg).align_local_views
+        and not ViewConfig.from_config(load_config("tiny")).align_local_views
+    )
+    ds = PretrainDataset(late_audio["clips"], None, ViewConfig(align_local_views=True, video_local_views=2))
+    entry = ds.clips.entry("late_audio")
+    assert entry["audio"]["start_s"] - entry["video"]["start_s"] > 0.7
+    video = ds.clips.clip("late_audio")[0].permute(0, 3, 1, 2)
+    seen = {"windows": [], "parts": [], "audio": []}
+    draw, crop, window = views.draw_window, views.resized_crop, views.audio_window
+
+    def spy_draw(*a, **k):
+        seen["windows"].append(draw(*a, **k))
+        return seen["windows"][-1]
+
+    def spy_crop(frames, *a, **k):
+        seen["parts"].append(frames)
+        return crop(frames, *a, **k)
+
+    def spy_window(wave, sample0, n):
+        seen["audio"].append((sample0, n))
+        return window(wave, sample0, n)
+
+    monkeypatch.setattr(views, "draw_window", spy_draw)
+    monkeypatch.setattr(views, "resized_crop", spy_crop)
+    monkeypatch.setattr(views, "audio_window", spy_window)
+    fps, sr = entry["video"]["fps"], entry["audio"]["sample_rate"]
+    starts = set()
+    for position in range(12):
+        for key in seen:
+            seen[key].clear()
+        ds[(0, 0, position)]
+        (win,) = seen["windows"]
+        first_local = seen["parts"][1]  # [global, local 1, local 2]
+        offset = next(s for s in range(25) if torch.equal(first_local, video[win.frame0 + s : win.frame0 + s + 8]))
+        (local_sample0,) = [s0 for s0, n in seen["audio"] if n == views.LOCAL_SAMPLES]
+        video_t = entry["video"]["start_s"] + (win.frame0 + offset) / fps
+        audio_t = entry["audio"]["start_s"] + local_sample0 / sr
+        assert abs(video_t - audio_t) <= 1 / sr
+        starts.add(offset)
+    assert len(starts) > 3  # the local start is still drawn, now shared by both modalities

@@ -84,3 +84,15 @@ def test_spectrogram_cli_needs_one_source(tmp_path):
         run(str(tmp_path / "o"))
     with pytest.raises(UsageError, match="is not a clip cache"):
         run(str(tmp_path / "o"), clips=str(tmp_path))
+
+
+def test_a_clip_cache_at_another_sample_rate_is_refused_before_any_work(tmp_path_factory, tmp_path):
+    import view_caches
+
+    from components.cache_spectrograms import run as cache_spectrograms
+    from xkd.errors import UsageError
+
+    sr = view_caches.sr22050(tmp_path_factory)
+    with pytest.raises(UsageError, match=r"holds audio at 22050 Hz.*re-extract with --sample-rate 16000"):
+        cache_spectrograms(str(tmp_path / "spectrograms"), clips=str(sr["clips"]))
+    assert not (tmp_path / "spectrograms").exists()

@@ -1,4 +1,4 @@
-"""The official XKD audio front end (xkd_spec.md §1.3), in torchaudio.
+"""The official XKD audio front end (docs/xkd_spec.md §1.3), in torchaudio.
 
 16 kHz mono -> STFT (n_fft 1024, win 1024, hop 143, periodic Hann, centred, reflect padding) -> power
 -> 80 Slaney-scale mels 0-8000 Hz with Slaney norm -> ln(mel + float32 eps) -> (x + 5.3688107) / 4.410007.
@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import torch
-import torchaudio
+
+# torch/torchaudio are imported where they are used: the constants below are read by step CLIs whose --help
+# must not pay for loading torch.
 
 SAMPLE_RATE = 16000
 N_FFT = 1024
@@ -23,7 +24,9 @@ NORM_STD = 4.410007
 
 
 @functools.lru_cache(maxsize=4)
-def _mel(device: str = "cpu") -> torchaudio.transforms.MelSpectrogram:
+def _mel(device: str = "cpu"):
+    import torchaudio
+
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=SAMPLE_RATE,
         n_fft=N_FFT,
@@ -45,8 +48,11 @@ def frames_for(samples: int) -> int:
     return 1 + samples // HOP
 
 
-def log_mel(waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Normalised log-mel [..., 80, frames] of float waveform(s) [..., n] at 16 kHz, in float32."""
+def log_mel(waveform):
+    """Normalised log-mel [..., 80, frames] (float32 torch tensor) of float waveform(s) [..., n] at 16 kHz
+    (a torch tensor or a numpy array)."""
+    import torch
+
     wave = torch.as_tensor(waveform, dtype=torch.float32)
     with torch.no_grad():
         mel = _mel(str(wave.device))(wave)

@@ -8,7 +8,7 @@ workers nor on which worker draws them, different ranks/positions get different 
 run (`EpochSampler.start`) sees exactly the views an uninterrupted one would have.
 
 Per sample (uint8 video, float audio; the photometric half runs after collation, see photometric.py):
-    video        uint8 [3, 32, 112, 112]  + video_aug [12]
+    video        uint8 [3, 32, 112, 112]  + video_aug [12]           (sizes: xkd.data.geometry)
     video_local  list of uint8 [3, 8, 96, 96] (L views) + video_local_aug list of [12]
     audio        float [1, 80, 448];  audio_local list of float [1, 80, 112]
     padded_video / padded_audio  bool (short clips are padded, never skipped: see views.py)
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from xkd.data import views
+from xkd.data import geometry, views
 from xkd.data.cache import CacheReader
 from xkd.data.photometric import apply as apply_photometric
 
@@ -38,12 +38,13 @@ class ViewConfig:
     blur_sigma: str = "official"  # "official" fixed (0.1, 2.0) | "sampled" isotropic U(0.1, 2)
     photometric_on: str = "device"  # "device": after collation (finish_batch) | "loader": here
     on_unreadable: str = "raise"  # "raise" names the clip | "skip": dropped by collate and counted
-    size: int = 112
-    local_size: int = 96
+    size: int = geometry.VIDEO_SIZE
+    local_size: int = geometry.LOCAL_SIZE
     global_scale: tuple[float, float] = (0.2, 1.0)
     local_scale: tuple[float, float] = (0.08, 0.4)
     grey_p: float = 0.2
     blur_p: float = 0.5
+    align_local_views: bool = False  # True: audio local view i starts with video local view i (default: independent)
 
     @classmethod
     def from_config(cls, cfg) -> ViewConfig:
@@ -55,6 +56,7 @@ class ViewConfig:
             audio_source=cfg.data.audio_source,
             blur_sigma=cfg.data.blur_sigma,
             on_unreadable=cfg.data.on_unreadable,
+            align_local_views=cfg.model.align_local_views,
         )
 
     def __post_init__(self):
@@ -92,6 +94,10 @@ class PretrainDataset(Dataset):
         self.config, self.seed = config, seed
         self.clips = CacheReader(clips_dir)
         self.specs = CacheReader(spectrograms_dir) if config.audio_source == "spectrogram" else None
+        # a cache at another fps / sample rate is refused here, not deep in a worker
+        geometry.check_clip_cache(self.clips, audio=self.specs is None)
+        if self.specs is not None:
+            geometry.check_spectrogram_cache(self.specs)
         usable, self.excluded = [], {"no_audio": [], "no_spectrogram": []}
         wanted = set(clip_ids) if clip_ids is not None else None
         for cid, entry in self.clips.entries.items():
@@ -136,8 +142,15 @@ class PretrainDataset(Dataset):
         else:
             spec = torch.from_numpy(self.specs.spectrogram(cid))
             samples = entry["audio"]["samples"]
+        fps, rate = entry["video"]["fps"], entry["audio"]["sample_rate"]  # as recorded (checked at construction)
         win = views.draw_window(
-            g, entry["video"]["frames"], samples, entry["video"]["start_s"], entry["audio"]["start_s"]
+            g,
+            entry["video"]["frames"],
+            samples,
+            entry["video"]["start_s"],
+            entry["audio"]["start_s"],
+            fps=fps,
+            sample_rate=rate,
         )
         frames, _ = self.clips.clip(cid, frames=slice(win.frame0, win.frame0 + views.CLIP_FRAMES))
         clip = views.window_frames(frames.permute(0, 3, 1, 2), 0)  # [32, 3, H, W] uint8
@@ -146,9 +159,10 @@ class PretrainDataset(Dataset):
         box = views.rrc_params(g, h, w, cfg.global_scale)
         video = views.resized_crop(clip, box, cfg.size, flip=views.uniform(g, 0, 1) < 0.5)
         video_aug = views.draw_photometric(g, blur_sigma=cfg.blur_sigma)
-        locals_, local_augs = [], []
+        locals_, local_augs, local_starts = [], [], []
         for _ in range(cfg.video_local_views):
             start = views.randint(g, 0, views.CLIP_FRAMES - views.LOCAL_FRAMES)
+            local_starts.append(start)
             part = clip[start : start + views.LOCAL_FRAMES]
             box = views.rrc_params(g, h, w, cfg.local_scale)
             locals_.append(views.resized_crop(part, box, cfg.local_size, flip=views.uniform(g, 0, 1) < 0.5))
@@ -162,7 +176,10 @@ class PretrainDataset(Dataset):
             "video_local": [v.permute(1, 0, 2, 3).contiguous() for v in locals_],
             "video_local_aug": [a.as_tensor() for a in local_augs],
             "audio": views.audio_global(g, wave, spec, win.sample0),
-            "audio_local": [views.audio_local(g, wave, spec, win.sample0) for _ in range(cfg.audio_local_views)],
+            "audio_local": [
+                views.audio_local(g, wave, spec, win.sample0, start=self._aligned(local_starts, i, win, fps, rate))
+                for i in range(cfg.audio_local_views)
+            ],
             "padded_video": win.padded_video,
             "padded_audio": win.padded_audio,
             "skipped": False,
@@ -174,6 +191,13 @@ class PretrainDataset(Dataset):
                 for v, a in zip(sample["video_local"], sample.pop("video_local_aug"))
             ]
         return sample
+
+    def _aligned(self, local_starts: list[int], i: int, win: views.Window, fps: float, rate: int) -> int | None:
+        """align_local_views: the first sample of video local view i's time (the cache's fps and sample
+        rate convert frames to samples); None (drawn independently, official) otherwise."""
+        if not self.config.align_local_views or i >= len(local_starts):
+            return None
+        return win.sample0 + round(local_starts[i] * rate / fps)
 
 
 def collate(samples: list[dict]) -> dict:

@@ -1,4 +1,4 @@
-"""XKD input views from cached clips (xkd_spec.md §1.1-§1.3), as tensor ops with an explicit generator.
+"""XKD input views from cached clips (docs/xkd_spec.md §1.1-§1.3), as tensor ops with an explicit generator.
 
 Geometry (window, crops, flips, audio crops) runs in the loader; the photometric part of the video
 augmentation (colour jitter in random order, grey, blur) and the normalisation run batched after
@@ -15,15 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from xkd.data.logmel import HOP, SAMPLE_RATE, frames_for, log_mel
+from xkd.data.geometry import CLIP_FRAMES, CLIP_S, CLIP_SAMPLES, FPS, LOCAL_FRAMES, LOCAL_SAMPLES  # noqa: F401
+from xkd.data.logmel import HOP, LOG_EPS, NORM_MEAN, NORM_STD, SAMPLE_RATE, frames_for, log_mel
 
-FPS = 8
-CLIP_S = 4.0
-CLIP_FRAMES = 32  # 4 s at 8 fps
-CLIP_SAMPLES = 64000  # 4 s at 16 kHz
-LOCAL_FRAMES = 8  # 32 / temporal ratio 4 = 1 s
-LOCAL_SAMPLES = 16000
-SILENCE = (math.log(float(torch.finfo(torch.float32).eps)) + 5.3688107) / 4.410007  # log-mel of zeros
+SILENCE = (math.log(LOG_EPS) - NORM_MEAN) / NORM_STD  # log-mel of zeros
 
 
 def uniform(g: torch.Generator, low: float, high: float) -> float:
@@ -40,8 +35,8 @@ def randint(g: torch.Generator, low: int, high: int) -> int:
 
 @dataclass(frozen=True)
 class Window:
-    frame0: int  # first video frame of the 4 s window (cache frame index, 8 fps)
-    sample0: int  # first audio sample of the same window (16 kHz), aligned to the sample
+    frame0: int  # first video frame of the 4 s window (cache frame index)
+    sample0: int  # first audio sample of the same window, aligned to the sample
     padded_video: bool  # the clip has fewer than 32 frames: the last frame is repeated
     padded_audio: bool  # the audio is shorter than 4 s from sample0: zeros are appended
 
@@ -53,11 +48,15 @@ def draw_window(
     video_start_s: float = 0.0,
     audio_start_s: float = 0.0,
     position: float | None = None,
+    fps: float = FPS,
+    sample_rate: int = SAMPLE_RATE,
 ) -> Window:
     """The official t0 rule (§1.1): t0 uniform over the span where both 4 s windows fit, the audio window
-    starting at the video window's t0. t0 lives on the 8 fps frame grid of the cache, so the audio start
+    starting at the video window's t0. t0 lives on the frame grid of the cache, so the audio start
     is exact to the sample. A stream shorter than 4 s starts at 0 and the other is drawn on its own.
-    `position` in [0, 1] replaces the random draw (evaluation: uniformly spaced windows)."""
+    `position` in [0, 1] replaces the random draw (evaluation: uniformly spaced windows). `fps` and
+    `sample_rate` are what the cache recorded (its manifest entry); readers refuse caches whose rates
+    are not the views' (`xkd.data.geometry`), so CLIP_FRAMES / CLIP_SAMPLES span the same 4 s."""
 
     def pick(low: int, high: int) -> int:
         if high <= low:
@@ -70,11 +69,11 @@ def draw_window(
     a_ok = samples is not None and samples >= CLIP_SAMPLES
     if v_ok and a_ok:
         offset = audio_start_s - video_start_s  # the audio stream starts this much later
-        lo = max(0, math.ceil(offset * FPS))  # t0 must lie inside the audio stream
-        hi = min(frames - CLIP_FRAMES, math.floor((offset * SAMPLE_RATE + samples - CLIP_SAMPLES) * FPS / SAMPLE_RATE))
+        lo = max(0, math.ceil(offset * fps))  # t0 must lie inside the audio stream
+        hi = min(frames - CLIP_FRAMES, math.floor((offset * sample_rate + samples - CLIP_SAMPLES) * fps / sample_rate))
         if hi >= lo:
             frame0 = pick(lo, hi)
-            sample0 = round((frame0 / FPS - offset) * SAMPLE_RATE)
+            sample0 = round((frame0 / fps - offset) * sample_rate)
             return Window(frame0, min(max(sample0, 0), samples - CLIP_SAMPLES), False, False)
     # no common 4 s span: each stream on its own, a short one from its start (and padded)
     frame0 = pick(0, frames - CLIP_FRAMES) if v_ok else 0
@@ -189,7 +188,7 @@ def draw_photometric(
 ) -> Photometric:
     """ColorJitter(0.4, 0.4, 0.4, 0.2) always applied, its four ops in a random order; RandomGray and a
     Gaussian blur with probabilities. The official blur is fixed at (sigma_x, sigma_y) = (0.1, 2.0)
-    (xkd_spec §9); `blur_sigma="sampled"` draws one isotropic sigma in [0.1, 2.0] as DINO does."""
+    (docs/xkd_spec.md §9); `blur_sigma="sampled"` draws one isotropic sigma in [0.1, 2.0] as DINO does."""
     b, c, s, h = jitter
     order = tuple(int(i) for i in torch.randperm(4, generator=g))
     factors = (uniform(g, 1 - b, 1 + b), uniform(g, 1 - c, 1 + c), uniform(g, 1 - s, 1 + s), uniform(g, -h, h))
@@ -224,7 +223,7 @@ def spec_window(spec: torch.Tensor, sample0: int, n: int) -> torch.Tensor:
 
 def volume_shift(gain: float) -> float:
     """Volume jitter on a normalised log-mel: ln(g^2 mel + eps) ~= ln(mel + eps) + ln(g^2) while mel >> eps."""
-    return 2.0 * math.log(gain) / 4.410007
+    return 2.0 * math.log(gain) / NORM_STD
 
 
 def byol_rrc(spec: torch.Tensor, g: torch.Generator, scale=(0.6, 1.5), virtual_time_scale: float = 1.5) -> torch.Tensor:
@@ -256,11 +255,18 @@ def audio_global(
 
 
 def audio_local(
-    g: torch.Generator, wave: torch.Tensor | None, spec: torch.Tensor | None, sample0: int, gain_range=(0.8, 1.2)
+    g: torch.Generator,
+    wave: torch.Tensor | None,
+    spec: torch.Tensor | None,
+    sample0: int,
+    gain_range=(0.8, 1.2),
+    start: int | None = None,
 ) -> torch.Tensor:
-    """[1, 80, 112]: 1 s at a random multiple of 100 samples inside the 4 s window, volume jitter,
-    BYOL-A random resize crop. Not time-aligned with the video local view (official)."""
-    start = sample0 + 100 * randint(g, 0, (CLIP_SAMPLES - LOCAL_SAMPLES) // 100)
+    """[1, 80, 112]: 1 s at a random multiple of 100 samples inside the 4 s window (official: not
+    time-aligned with the video local view), or from `start` (align_local_views), volume jitter,
+    BYOL-A random resize crop."""
+    if start is None:
+        start = sample0 + 100 * randint(g, 0, (CLIP_SAMPLES - LOCAL_SAMPLES) // 100)
     gain = uniform(g, *gain_range)
     if wave is not None:
         spec1 = log_mel(audio_window(wave, start, LOCAL_SAMPLES) * gain)

@@ -1,4 +1,4 @@
-"""End-to-end fine-tuning (xkd_spec §5.3): the whole encoder + a new head, layer-wise lr decay, AdamW,
+"""End-to-end fine-tuning (docs/xkd_spec.md §5.3): the whole encoder + a new head, layer-wise lr decay, AdamW,
 warm-up + cosine, label smoothing and mixup; the epoch is chosen on the validation carve (the official
 code picked the best test epoch: reported beside as paper-style).
 
@@ -23,8 +23,8 @@ import model as xkd_model
 from xkd.data import views
 from xkd.data.cache import CacheReader
 from xkd.data.pretrain_dataset import sample_seed
-from xkd.evaluation.features import ViewSettings, audio_views, video_views
 from xkd.evaluation.protocols import topk
+from xkd.evaluation.views import EvalViews, ViewSettings
 
 
 def _spec_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -40,14 +40,14 @@ def _spec_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def _train_view(modality: str, reader: CacheReader, cid: str, g: torch.Generator) -> torch.Tensor:
+def _train_view(modality: str, ev: EvalViews, cid: str, g: torch.Generator, s: dict) -> torch.Tensor:
     if modality == "audio":
-        spec = torch.from_numpy(reader.spectrogram(cid))
-        win = views.draw_window(g, 0, reader.entry(cid)["audio"]["samples"])
+        spec = torch.from_numpy(ev.specs.spectrogram(cid))
+        (win,) = ev.windows(cid, g, 1)
         x = views.audio_global(g, None, spec, win.sample0, (0.8, 1.2))
         return views.byol_rrc(_spec_augment(x, g)[0], g)[None]
-    vs = ViewSettings(train_views=1, train_scale=(0.2, 0.766), grey_p=0.0)
-    x = video_views(reader, cid, vs, g)[0]
+    vs = ViewSettings.from_settings(s, train_views=1, train_scale=(0.2, 0.766), grey_p=0.0)
+    x = ev.views(cid, "video", vs, g)[0]
     if views.uniform(g, 0, 1) < 0.25:  # random erasing, pixel mode
         c, frames, h, w = x.shape
         eh, ew = views.randint(g, h // 8, h // 2), views.randint(g, w // 8, w // 2)
@@ -99,9 +99,10 @@ def finetune(
     batch, epochs, warm = s.get("batch_size", 16), s.get("epochs", 10), s.get("warmup_epochs", 1)
     steps_per_epoch = math.ceil(len(fit) / batch)
     total = epochs * steps_per_epoch
-    vs = ViewSettings(test_clips=s.get("test_clips", 3), test_crops=s.get("test_crops", 1))
-    make_test = video_views if modality == "video" else audio_views
-    test_views = {x.clip_id: make_test(reader, x.clip_id, vs, None) for x in [train[i] for i in val_idx] + test}
+    # the evaluation views (one implementation); a cache at a foreign fps / sample rate is refused here
+    ev = EvalViews(reader if modality == "video" else None, reader if modality == "audio" else None)
+    vs = ViewSettings.from_settings(s)
+    test_views = {x.clip_id: ev.views(x.clip_id, modality, vs) for x in [train[i] for i in val_idx] + test}
     history, step = [], 0
     for epoch in range(1, epochs + 1):
         net.train()
@@ -109,7 +110,7 @@ def finetune(
         order = torch.randperm(len(fit), generator=g).tolist()
         for b in tqdm(range(0, len(fit), batch), desc=f"finetune epoch {epoch}/{epochs}", leave=False):
             items = [fit[i] for i in order[b : b + batch]]
-            x = torch.stack([_train_view(modality, reader, it.clip_id, g) for it in items])
+            x = torch.stack([_train_view(modality, ev, it.clip_id, g, s) for it in items])
             y = F.one_hot(torch.tensor([it.label for it in items]), classes).float()
             y = y * (1 - s.get("label_smoothing", 0.1)) + s.get("label_smoothing", 0.1) / classes
             lam = float(np.random.default_rng(step).beta(s["mixup"], s["mixup"])) if s.get("mixup") else 1.0

@@ -1,5 +1,13 @@
-"""Evaluation views: `clips_per_video` uniformly spaced 4 s windows per clip, centre crop or 3 crops,
-no augmentation (xkd_spec §5.1, official `mode: video`).
+"""Evaluation views, the one implementation (docs/xkd_spec.md §5.1, official `mode: video`): used by `EvalClips` and
+by the frozen-feature path (`xkd.evaluation.features.compute`) and fine-tuning's test views.
+
+- test views: `test_clips` uniformly spaced 4 s windows x `test_crops` crops (centre, or left/centre/right),
+  no augmentation;
+- train views: `train_views` random 4 s windows; video RandomResizedCrop(train_scale), flip, colour jitter,
+  grey; audio gain jitter.
+When both streams are used (audio+video datasets) the windows are drawn once per view from both the
+frames and the samples and both streams' start times, as pretraining does, so video view i and audio
+view i cover the same time span. The crop size comes from the settings (`size`).
 
     EvalClips(clips_dir=..., spectrograms_dir=..., clips_per_video=3, crops=1)[i] ->
         {"clip_id", "video": float [K*crops, 3, 32, 112, 112] (ImageNet-normalised),
@@ -9,13 +17,37 @@ Audio-only datasets (ESC-50, FSD50K) pass only `spectrograms_dir`; video-only on
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xkd.data import views
+from xkd.data import geometry, photometric, views
 from xkd.data.cache import CacheReader
 from xkd.data.photometric import IMAGENET_MEAN, IMAGENET_STD
+
+VIEWS_VERSION = 2  # part of the feature-cache key: bump whenever the views below change their numbers
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    train_views: int = 25
+    test_clips: int = 3
+    test_crops: int = 1
+    train_scale: tuple[float, float] = (0.08, 1.0)
+    grey_p: float = 0.2
+    gain_jitter: float = 0.1
+    seed: int = 0
+    size: int = geometry.VIDEO_SIZE  # crop side (the encoder's input)
+
+    @classmethod
+    def from_settings(cls, settings: dict, **overrides) -> ViewSettings:
+        """The keys of a `configs/eval/<dataset>.yaml` protocol section that name view settings."""
+        known = {f.name for f in fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items() if k in known}
+        return cls(**{**values, **overrides})
 
 
 def window_positions(k: int) -> list[float]:
@@ -30,24 +62,91 @@ def normalise(video_u8: torch.Tensor) -> torch.Tensor:
     return (video_u8.float() / 255.0 - mean) / std
 
 
+def _open(cache) -> CacheReader | None:
+    if cache is None or isinstance(cache, CacheReader):
+        return cache
+    return CacheReader(Path(cache))
+
+
+class EvalViews:
+    """Test and train views of one clip from a clip cache, a spectrogram cache, or both (then aligned)."""
+
+    def __init__(self, clips=None, spectrograms=None):
+        if clips is None and spectrograms is None:
+            raise ValueError("evaluation views need a clip cache, a spectrogram cache, or both")
+        self.clips, self.specs = _open(clips), _open(spectrograms)
+        if self.clips is not None:  # refused here, before any feature is computed
+            geometry.check_clip_cache(self.clips, audio=False)
+        if self.specs is not None:
+            geometry.check_spectrogram_cache(self.specs)
+
+    def ids(self) -> list[str]:
+        return (self.clips or self.specs).ids()
+
+    def windows(self, cid: str, g: torch.Generator | None, n: int) -> list[views.Window]:
+        """`n` random windows (g) or `n` uniformly spaced ones (g None), on every stream this reader uses."""
+        video = (self.clips.entries.get(cid) or {}).get("video") if self.clips is not None else None
+        audio = (self.specs.entries.get(cid) or {}).get("audio") if self.specs is not None else None
+        frames, samples = (video["frames"] if video else 0), (audio["samples"] if audio else None)
+        kwargs = dict(
+            video_start_s=video["start_s"] if video else 0.0,
+            audio_start_s=audio["start_s"] if audio else 0.0,
+            fps=video["fps"] if video else geometry.FPS,
+            sample_rate=audio["sample_rate"] if audio else views.SAMPLE_RATE,
+        )
+        if g is None:
+            return [views.draw_window(None, frames, samples, position=p, **kwargs) for p in window_positions(n)]
+        return [views.draw_window(g, frames, samples, **kwargs) for _ in range(n)]
+
+    def video(self, cid: str, wins: list[views.Window], vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
+        """Test: normalised [n * test_crops, 3, 32, S, S]; train (g): augmented and normalised [n, 3, 32, S, S]."""
+        frames = self.clips.clip(cid)[0].permute(0, 3, 1, 2)
+        out, params = [], []
+        for w in wins:
+            clip = views.window_frames(frames, w.frame0)
+            if g is None:
+                out += [c.permute(1, 0, 2, 3) for c in views.centre_crops(clip, vs.size, vs.test_crops)]
+                continue
+            box = views.rrc_params(g, clip.shape[2], clip.shape[3], vs.train_scale)
+            out.append(views.resized_crop(clip, box, vs.size, flip=views.uniform(g, 0, 1) < 0.5).permute(1, 0, 2, 3))
+            params.append(views.draw_photometric(g, grey_p=vs.grey_p).as_tensor())
+        if g is None:
+            return normalise(torch.stack(out))
+        return photometric.apply(torch.stack(out), torch.stack(params))
+
+    def audio(self, cid: str, wins: list[views.Window], vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
+        """[n, 1, 80, 448]: the log-mel of each window (train: with gain jitter)."""
+        spec = torch.from_numpy(self.specs.spectrogram(cid))
+        gains = (1 - vs.gain_jitter, 1 + vs.gain_jitter)
+        return torch.stack([views.audio_global(g, None, spec, w.sample0, gains) for w in wins])
+
+    def views(self, cid: str, modality: str, vs: ViewSettings, g: torch.Generator | None = None) -> torch.Tensor:
+        """Train views (g given: the windows are drawn first, so both modalities of a clip seeded alike get
+        the same windows) or test views (g None) of one modality."""
+        wins = self.windows(cid, g, vs.train_views if g is not None else vs.test_clips)
+        return self.video(cid, wins, vs, g) if modality == "video" else self.audio(cid, wins, vs, g)
+
+
 class EvalClips(Dataset):
+    """Test views of both modalities per clip, as a Dataset."""
+
     def __init__(
         self,
         clips_dir=None,
         spectrograms_dir=None,
         clips_per_video: int = 3,
         crops: int = 1,
-        size: int = 112,
+        size: int = geometry.VIDEO_SIZE,
         with_audio: bool = True,
     ):
         if clips_dir is None and spectrograms_dir is None:
             raise ValueError("EvalClips needs a clip cache, a spectrogram cache, or both")
         if crops not in (1, 3) or clips_per_video < 1:
             raise ValueError(f"crops must be 1 or 3 and clips_per_video >= 1 (got {crops}, {clips_per_video})")
-        self.clips = CacheReader(clips_dir) if clips_dir is not None else None
-        self.specs = CacheReader(spectrograms_dir) if spectrograms_dir is not None and with_audio else None
-        self.k, self.crops, self.size = clips_per_video, crops, size
-        self.ids = self.clips.ids() if self.clips is not None else self.specs.ids()
+        self.source = EvalViews(clips_dir, spectrograms_dir if with_audio else None)
+        self.clips, self.specs = self.source.clips, self.source.specs
+        self.settings = ViewSettings(test_clips=clips_per_video, test_crops=crops, size=size)
+        self.ids = self.source.ids()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,33 +154,11 @@ class EvalClips(Dataset):
     def __getitem__(self, i: int) -> dict:
         cid = self.ids[i]
         out = {"clip_id": cid, "padded_video": False, "padded_audio": False}
-        entry = (self.clips or self.specs).entry(cid)
-        frames = entry["video"]["frames"] if entry.get("video") else 0
-        audio = entry.get("audio")
-        has_spec = self.specs is not None and cid in self.specs.entries
-        samples = audio["samples"] if audio and has_spec else None
-        wins = [
-            views.draw_window(
-                None,
-                frames,
-                samples,
-                entry["video"]["start_s"] if frames else 0.0,
-                audio["start_s"] if audio else 0.0,
-                position=p,
-            )
-            for p in window_positions(self.k)
-        ]
-        if frames:
-            video, _ = self.clips.clip(cid)
-            video = video.permute(0, 3, 1, 2)
-            clips = []
-            for w in wins:
-                clip = views.window_frames(video, w.frame0)
-                clips += [c.permute(1, 0, 2, 3) for c in views.centre_crops(clip, self.size, self.crops)]
-            out["video"] = normalise(torch.stack(clips))
+        wins = self.source.windows(cid, None, self.settings.test_clips)
+        if self.clips is not None and self.clips.entry(cid).get("video"):
+            out["video"] = self.source.video(cid, wins, self.settings, None)
             out["padded_video"] = any(w.padded_video for w in wins)
-        if has_spec:
-            spec = torch.from_numpy(self.specs.spectrogram(cid))
-            out["audio"] = torch.stack([views.audio_global(None, None, spec, w.sample0) for w in wins])
+        if self.specs is not None and cid in self.specs.entries:
+            out["audio"] = self.source.audio(cid, wins, self.settings, None)
             out["padded_audio"] = any(w.padded_audio for w in wins)
         return out
