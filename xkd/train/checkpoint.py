@@ -1,5 +1,6 @@
 """Pretraining checkpoints: atomic directories, loadable with weights_only=True, newest-k retention.
 
+    OUTPUT/run.json, config.yaml   the run's config hash and MLflow run id (`prepare_output`)
     OUTPUT/checkpoints/ckpt-00000040/
         model.safetensors      every model tensor (students, teachers, decoders, DINO centres)
         trainer.pt             optimiser, step, data position, RNG states, run id, config hash
@@ -8,12 +9,14 @@
 
 A checkpoint is written into `.tmp-ckpt-*` and renamed into place, so a kill at any moment leaves either
 the previous state or the complete new one. `XKD_FAULT=<point>:<step>` kills the process with SIGKILL at a
-named point (`after_step`, `before_rename`) to test exactly that.
+named point (`after_step`, `before_rename`, `before_export` of the final bundle) to test exactly that.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -21,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from safetensors import SafetensorError
 
 import model as xkd_model
+from xkd.errors import UsageError
 
 PREFIX = "ckpt-"
 
@@ -69,6 +75,26 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def prepare_output(output: Path, cfg, main: bool) -> dict:
+    """The run state (`run.json`: config hash, MLflow run id) of `output`; a new run writes it with
+    `config.yaml` (rank 0). Refuses a config (`PretrainConfig`) that differs from the one a previous run left."""
+    run_file, digest = output / "run.json", cfg.resume_hash()
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous["config_hash"] != digest:
+            raise UsageError(
+                f"{output} holds a run with another config (hash {previous['config_hash']} != {digest}); "
+                "use the same config to resume, or a new --output"
+            )
+        return previous
+    state = {"config_hash": digest}
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+        run_file.write_text(json.dumps(state, indent=2) + "\n")
+    return state
+
+
 def checkpoint_dirs(output: Path) -> list[Path]:
     root = Path(output) / "checkpoints"
     return sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir()) if root.exists() else []
@@ -108,12 +134,28 @@ def load_latest(output: Path, net: torch.nn.Module) -> dict | None:
     if not dirs:
         return None
     latest = dirs[-1]
-    xkd_model.load_state(net, latest / "model.safetensors")
-    trainer = torch.load(latest / "trainer.pt", weights_only=True)
+    try:
+        xkd_model.load_state(net, latest / "model.safetensors")
+    except (SafetensorError, OSError) as err:  # not RuntimeError: a key mismatch is another config, not damage
+        raise _corrupt(latest / "model.safetensors", err) from None
+    trainer = read_trainer_state(latest)
     set_rng_state(trainer.pop("rng"))
     return trainer
 
 
 def read_trainer_state(directory: Path) -> dict:
     """The trainer state of one checkpoint directory (for selection and inspection)."""
-    return torch.load(Path(directory) / "trainer.pt", weights_only=True)
+    path = Path(directory) / "trainer.pt"
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise _corrupt(path, err) from None
+
+
+def _corrupt(path: Path, err: Exception) -> UsageError:
+    # Renames make checkpoints atomic, so this is damage after the write (disk, copy) or a foreign file:
+    # one line naming the file, instead of a torch/safetensors traceback.
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return UsageError(
+        f"{path} is corrupt or not a checkpoint ({reason}); delete {path.parent} to resume from the one before"
+    )
