@@ -69,9 +69,8 @@ def run(
     caches = {"clips": clips, **({"spectrograms": spectrograms} if spectrograms else {})}
 
     run_id = trainer.get("mlflow_run_id") or state.get("mlflow_run_id")
-    if ddp.main:
-        tracking.connect()  # an unreachable store is one clear error now, not lost metrics later
-    parent = tracking.parent_run_id(create=True, cli_value=mlflow_parent) if ddp.main else None
+    # rank 0 only; an unreachable store is one clear error now, not lost metrics later
+    parent = tracking.pipeline_parent(mlflow_parent) if ddp.main else None
     run_ctx = tracking.step_run("pretrain", parent, run_id=run_id, log_system_metrics=ddp.device.type == "cuda")
     with run_ctx if ddp.main else contextlib.nullcontext() as mlflow_run:
         logger = None
