@@ -11,11 +11,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc stages call `python -m components...`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install ffmpeg run test bench ui clean-cache help
+.PHONY: install ffmpeg run test test-fast bench ui clean-cache help
 
 help:
 	@echo "make run    - dvc repro on the embedded sample data (installs first)"
-	@echo "make test   - the test suite (installs first)"
+	@echo "make test   - lint + format check + the full test suite (installs first)"
+	@echo "make test-fast - the unit tests only (not the slow end-to-end ones): under 2 minutes on 2 cores"
 	@echo "make bench  - the benchmarks (prints ratios against their baselines)"
 	@echo "make ui     - MLflow UI on http://127.0.0.1:5000 over the project's store (runs, registry)"
 
@@ -39,7 +40,13 @@ run: install
 	$(BIN)/dvc repro
 
 test: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The edit-test loop: modules marked `pytestmark = pytest.mark.slow` (real extraction of many files, pretraining
+# runs, the kfp local run, dvc runs) are left to `make test`.
+test-fast: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 bench: install
 	$(BIN)/python -m benchmarks.extraction

@@ -176,7 +176,7 @@ _PRESET_SIZES = {
         head_out=256,
     ),
 }
-# MAS: 3 video local views and warmed-up teacher temperatures; MATS keeps XKD's temperatures (spec §9).
+# MAS: 3 video local views and warmed-up teacher temperatures; MATS keeps XKD's temperatures (docs/xkd_spec.md §9).
 _VARIANT_DEFAULTS = {
     "xkd": {},
     "mas": dict(

@@ -74,7 +74,7 @@ class PatchEmbed(nn.Module):
 def interpolate_pos_embed(
     pos: torch.Tensor, modality: str, src_grid: tuple[int, ...], dst_grid: tuple[int, ...]
 ) -> torch.Tensor:
-    """Resample a [1, 1+N, D] positional embedding from `src_grid` to `dst_grid` (official rule, spec §9).
+    """Resample a [1, 1+N, D] positional embedding from `src_grid` to `dst_grid` (official rule, docs/xkd_spec.md §9).
 
     The official code passes *scale factors* (dst + 0.1) / src per axis (align_corners=False) rather than
     an output size; the two give different values, so the same call is made here. Video: trilinear over

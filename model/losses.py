@@ -1,4 +1,4 @@
-"""XKD losses as standalone functions (spec §3). Each computes in the dtype of its inputs, so a float64
+"""XKD losses as standalone functions (docs/xkd_spec.md §3). Each computes in the dtype of its inputs, so a float64
 call gives the exact value the float32 official code approximates.
 
 - `reconstruction_loss`: per-patch normalised MSE on masked tokens (L_rec^m).

@@ -11,6 +11,8 @@ from sample_data import AV, sample_manifest
 from xkd.data.cache import open_cache, read_audio, read_clip
 from xkd.data.cache_build import read_manifest, read_report
 
+pytestmark = pytest.mark.slow
+
 WITH_AUDIO = {
     "R6llTwEh07w.mp4",
     "SOX5yA1l24A.mp4",

@@ -13,6 +13,8 @@ from components.merge_caches import main, merge, partition, pod_hours, write_par
 from xkd.data.cache import CacheReader
 from xkd.errors import UsageError
 
+pytestmark = pytest.mark.slow
+
 
 def test_partition_is_deterministic_balanced_and_nearly_stable():
     keys = [f"class{i % 7}/clip{i}.mp4" for i in range(1000)]

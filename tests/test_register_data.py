@@ -15,6 +15,8 @@ from sample_data import AV
 from components.register_data import main, run
 from xkd.errors import UsageError
 
+pytestmark = pytest.mark.slow
+
 
 def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
