@@ -22,10 +22,19 @@ from pathlib import Path
 
 from kubeflow_trainer_api import models as tm
 
+from pipelines.k8s import (
+    DATA_MOUNT,
+    GPU_RESOURCE,
+    MLFLOW_SECRET,
+    MLFLOW_SECRET_KEYS,
+    SHM_MOUNT,
+    SHM_SIZE,
+    TRAINER_RUNTIME,
+)
+
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 NODE_JOB = "node"  # the torch-distributed runtime's replicated job and container name
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
 class TrainJobFailed(RuntimeError):
@@ -70,13 +79,13 @@ def build(
     nodes: int,
     gpus_per_node: int,
     pvc_name: str,
-    mount_path: str = "/data",
-    runtime: str = "torch-distributed",
+    mount_path: str = DATA_MOUNT,
+    runtime: str = TRAINER_RUNTIME,
     tracking_uri: str | None = None,
-    mlflow_secret: str | None = "mlflow-credentials",
+    mlflow_secret: str | None = MLFLOW_SECRET,
     node_selector: dict | None = None,
     tolerations: list[dict] | None = None,
-    shm_size: str = "16Gi",
+    shm_size: str = SHM_SIZE,
     namespace: str | None = None,
     active_deadline_s: int | None = None,
 ) -> tm.TrainerV1alpha1TrainJob:
@@ -94,7 +103,7 @@ def build(
         ]
     resources = (
         tm.IoK8sApiCoreV1ResourceRequirements.from_dict(
-            {"limits": {"nvidia.com/gpu": str(gpus_per_node)}, "requests": {"nvidia.com/gpu": str(gpus_per_node)}}
+            {"limits": {GPU_RESOURCE: str(gpus_per_node)}, "requests": {GPU_RESOURCE: str(gpus_per_node)}}
         )
         if gpus_per_node
         else None
@@ -114,7 +123,7 @@ def build(
                 name=NODE_JOB,
                 volume_mounts=[
                     tm.IoK8sApiCoreV1VolumeMount(name="data", mount_path=mount_path),
-                    tm.IoK8sApiCoreV1VolumeMount(name="dshm", mount_path="/dev/shm"),
+                    tm.IoK8sApiCoreV1VolumeMount(name="dshm", mount_path=SHM_MOUNT),
                 ],
             )
         ],
@@ -242,12 +251,12 @@ def run(
     overrides: list[str] = (),
     tracking_uri: str | None = None,
     mlflow_parent: str | None = None,
-    mount_path: str = "/data",
+    mount_path: str = DATA_MOUNT,
     namespace: str | None = None,
-    runtime: str = "torch-distributed",
+    runtime: str = TRAINER_RUNTIME,
     node_selector: dict | None = None,
     tolerations: list[dict] | None = None,
-    mlflow_secret: str | None = "mlflow-credentials",
+    mlflow_secret: str | None = MLFLOW_SECRET,
     timeout_s: float = 7 * 86400.0,
     poll_s: float = 30.0,
     keep: bool = False,

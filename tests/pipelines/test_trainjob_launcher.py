@@ -5,6 +5,7 @@ dvc.yaml pretrain stage's, and create/poll/fail/timeout/delete run against a FAK
 import shlex
 from pathlib import Path
 
+import pydantic
 import pytest
 import yaml
 from fake_k8s_api import FakeApiServer, finished
@@ -83,8 +84,11 @@ def test_trainjob_validates_against_the_trainer_api_models():
         "key": "password",
         "optional": True,
     }
-    with pytest.raises(Exception):  # the models refuse a wrongly typed field
-        tm.TrainerV1alpha1TrainJob.from_dict({**body, "spec": {**spec, "trainer": {"numNodes": "two"}}})
+    # the models refuse a wrongly typed field, naming it
+    with pytest.raises(pydantic.ValidationError, match=r"numNodes\n  Input should be a valid integer"):
+        tm.TrainerV1alpha1TrainJob.from_dict(
+            {**body, "spec": {**spec, "trainer": {**spec["trainer"], "numNodes": "two"}}}
+        )
 
 
 def _launch(fake, **kw):
