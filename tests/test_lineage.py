@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
-from sample_data import AV, REPO
+from sample_data import AV
 
 from xkd.errors import UsageError
 from xkd.tracking.lineage import collect, dvc_md5, dvc_recorded_md5, git_commit, log_lineage, tag_model_version
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +40,26 @@ def _data(tmp_path):
     return data
 
 
-def test_md5_matches_dvc_lock_of_the_project():
-    # The project's dvc.lock records data/samples/av as a stage dependency: our content hash (dvc's own
-    # hashing) must give the same `<md5>.dir`.
-    recorded = dvc_recorded_md5(REPO / "data" / "samples" / "av", REPO)
-    if recorded is None:
-        pytest.skip("dvc.lock does not list data/samples/av")
-    assert dvc_md5(REPO / "data" / "samples" / "av", REPO, mode="content")["md5"] == recorded["md5"]
+def test_md5_matches_what_dvc_itself_records(tmp_path):
+    # DVC's own `dvc add` on real sample media is the oracle: our content hash must give the same `<md5>.dir`,
+    # whether git records it in a .dvc pointer or (moved there by hand) as a stage dependency in dvc.lock.
+    data = _data(tmp_path)
+    dvc = lambda *a: subprocess.run([sys.executable, "-m", "dvc", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    dvc("init", "--no-scm", "-q")
+    dvc("add", "raw/tiny", "-q")
+    added = yaml.safe_load((tmp_path / "raw" / "tiny.dvc").read_text())["outs"][0]
+    assert added["md5"].endswith(".dir") and added["nfiles"] == 2
+    content = dvc_md5(data, tmp_path, mode="content")
+    assert content["md5"] == added["md5"] and content["matches_recorded"] is True
+    assert content["recorded_in"] == "raw/tiny.dvc" and content["nfiles"] == 2
+
+    (tmp_path / "raw" / "tiny.dvc").unlink()
+    assert dvc_recorded_md5(data, tmp_path) is None  # neither a pointer nor a lock entry
+    lock = {"schema": "2.0", "stages": {"extract": {"cmd": "true", "deps": [{**added, "path": "raw/tiny"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    recorded = dvc_recorded_md5(data, tmp_path)
+    assert recorded["md5"] == added["md5"] and recorded["recorded_in"] == "dvc.lock:extract.deps"
+    assert dvc_md5(data, tmp_path, mode="auto") == {**content, "recorded_in": "dvc.lock:extract.deps"}
 
 
 def test_one_byte_edit_with_same_mtime_changes_the_logged_digest(tmp_path, store):

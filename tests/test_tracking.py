@@ -98,7 +98,6 @@ def test_step_run_nests_tags_and_finishes(store, parent):
     assert mlflow.active_run() is None
 
 
-
 def test_run_commit_tag_and_lineage_agree_without_git(store, parent, monkeypatch):
     """In an image without .git (or git), the commit comes from XKD_GIT_COMMIT for run tags and lineage alike."""
     monkeypatch.setenv("PATH", "/nonexistent")  # no git binary: the image case
@@ -107,6 +106,18 @@ def test_run_commit_tag_and_lineage_agree_without_git(store, parent, monkeypatch
         run_id = run.info.run_id
     assert store.get_run(run_id).data.tags["mlflow.source.git.commit"] == "0123abc"
     assert lineage.git_commit()["commit"] == "0123abc"
+
+
+def test_git_commit_outside_a_checkout(tmp_path, monkeypatch):
+    """A directory that is not a git work tree (git installed): no commit unless XKD_GIT_COMMIT names one."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # never find a repo above tmp_path
+    monkeypatch.delenv("XKD_GIT_COMMIT", raising=False)
+    assert lineage.git_commit(tmp_path) == {"commit": None, "dirty": None}
+    monkeypatch.setenv("XKD_GIT_COMMIT", "0123abc")
+    assert lineage.git_commit(tmp_path) == {"commit": "0123abc", "dirty": None}
+    head = lineage.git_commit()  # the project checkout the tests run in: git wins over the variable
+    assert len(head["commit"]) == 40 and head["commit"] != "0123abc" and isinstance(head["dirty"], bool)
+
 
 def test_step_run_failed_on_exception_and_resume_reuses_run(store, parent):
     with pytest.raises(RuntimeError, match="boom"):

@@ -41,6 +41,6 @@ def test_mas_teacher_temperature_warmup():
     mas = build(preset("base", "mas"), device="meta")
     assert mas.teacher_temperatures(0) == (0.09, 0.04)
     assert mas.teacher_temperatures(30) == (0.11, 0.06)
-    for variant in ("xkd", "mats"):  # constant 0.1 / 0.07 (MATS keeps XKD's, spec §9)
+    for variant in ("xkd", "mats"):  # constant 0.1 / 0.07 (MATS keeps XKD's, docs/xkd_spec.md §9)
         m = build(preset("base", variant), device="meta")
         assert m.teacher_temperatures(0) == m.teacher_temperatures(100) == (0.1, 0.07)

@@ -8,6 +8,7 @@ crashing or dropping the file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -97,12 +98,16 @@ def probe(path: str | os.PathLike, timeout_s: float) -> Probe:
         raise MediaError("unreadable", "file not found")
     if path.stat().st_size == 0:
         raise MediaError("empty_file", "file has 0 bytes")
+    # subprocess, not ffmpeg.probe: ffmpeg-python 0.2's probe has no timeout (a `timeout=` kwarg becomes
+    # ffprobe's network `-timeout` option), so a stuck ffprobe would hang the whole extraction
+    cmd = ["ffprobe", "-hide_banner", "-show_format", "-show_streams", "-of", "json", str(path)]
     try:
-        info = ffmpeg.probe(str(path), timeout=timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise MediaError("timeout", f"ffprobe took longer than {timeout_s:g} s") from None
-    except ffmpeg.Error as err:
-        raise MediaError("unreadable", f"ffprobe could not read the file: {_tail(err.stderr)}") from None
+    if proc.returncode != 0:
+        raise MediaError("unreadable", f"ffprobe could not read the file: {_tail(proc.stderr)}")
+    info = json.loads(proc.stdout)
     fmt = info.get("format", {})
     video = audio = None
     for s in info.get("streams", []):

@@ -1,4 +1,4 @@
-"""Linear protocols on cached frozen features (xkd_spec §5.2), with hyper-parameters chosen on a
+"""Linear protocols on cached frozen features (docs/xkd_spec.md §5.2), with hyper-parameters chosen on a
 validation carve of the training split; the official test-split choice is reported beside, labelled.
 
 - `svm`: sklearn LinearSVC (no scaling, no L2, max_iter 1000) on every augmented training view; a test
