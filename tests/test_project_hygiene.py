@@ -319,3 +319,18 @@ def test_no_document_repeats_a_section_of_another():
         for i, j in shared_blocks(text[a], text[b])
     ]
     assert not copies, "sections copied between documents (keep one, link from the other):\n" + "\n".join(copies)
+
+
+def test_the_repository_root_is_defined_once():
+    """Nine modules used to derive the repo root from their own location (parents[1], parent.parent, ...): a
+    moved file silently pointed elsewhere. Library, steps, pipelines and model read it from xkd.paths."""
+    pattern = re.compile(r"__file__\)?\.resolve\(\)\.parent|__file__\)\.parents\[")
+    found = [
+        f"{path.relative_to(REPO)}:{n}"
+        for folder in ("components", "xkd", "pipelines", "model")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        if path != REPO / "xkd" / "paths.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == [], f"derive paths from xkd.paths.REPO instead: {found}"
