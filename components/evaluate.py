@@ -48,21 +48,6 @@ def resolve_role(encoder: Path, role: str) -> str:
     return json.loads(sel.read_text())["role"]
 
 
-def _features(source, clips, specs, ids, vs, cache_dir):
-    from xkd.evaluation.features import EvalViews, compute, joint
-
-    feats, views = {}, EvalViews(clips, specs)  # both caches: aligned windows; a foreign geometry refused here
-    if clips is not None:
-        feats["video"] = compute(source, "video", views, ids, vs, cache_dir)
-    if specs is not None:
-        feats["audio"] = compute(source, "audio", views, ids, vs, cache_dir)
-    if len(feats) == 2:
-        crops = vs.test_crops
-        feats["audio"]["test"] = feats["audio"]["test"].repeat_interleave(crops, 1)
-        return joint(feats["video"], feats["audio"])
-    return next(iter(feats.values()))
-
-
 def run(
     encoder: str,
     dataset: str,
@@ -84,9 +69,8 @@ def run(
     import torch
 
     from xkd.data.cache import CacheReader
-    from xkd.evaluation import finetune as eval_finetune
-    from xkd.evaluation import protocols as eval_protocols
-    from xkd.evaluation.features import FeatureSource, ViewSettings
+    from xkd.evaluation.features import FeatureSource, ViewSettings, frozen_features
+    from xkd.evaluation.folds import evaluate_fold
 
     started = time.time()
     ds = eval_datasets.info(dataset)
@@ -128,55 +112,18 @@ def run(
             raise UsageError("finetune runs a pretrained encoder on a single-modality, single-label dataset")
         feats = {"index": torch.arange(len(ids))}  # no frozen features: the encoder trains
     else:
-        feats = _features(source, clips, specs, ids, vs, Path(feature_cache or Path(data) / "features"))
+        feats = frozen_features(source, clips, specs, ids, vs, Path(feature_cache or Path(data) / "features"))
     row = {c: i for i, c in enumerate(ids)}
 
-    results = []
-    for fold in fold_data:
-        train = [s for s in fold.train if s.clip_id in row]
-        test = [s for s in fold.test if s.clip_id in row]
-        fit_idx, val_idx = eval_datasets.validation_carve(train, settings.get("val_fraction", 0.2))
-        if not fit_idx or not val_idx or len({train[i].label for i in fit_idx}) < 2:
-            raise UsageError(
-                f"{dataset} fold {fold.fold}: {len(train)} training samples in the cache are too few for "
-                f"a validation carve (fit {len(fit_idx)}, val {len(val_idx)}, need two classes to fit)"
-            )
-        tr = {k: v[[row[s.clip_id] for s in train]] for k, v in feats.items()}
-        te = {k: v[[row[s.clip_id] for s in test]] for k, v in feats.items()}
-        y_tr = np.array([s.label for s in train], dtype=object if ds.metric == "map" else int)
-        if shuffle_labels:  # permutation control: the same pipeline must fall to chance
-            y_tr = y_tr[np.random.default_rng(fold.fold).permutation(len(y_tr))]
-        y_te = np.array([s.label for s in test], dtype=object if ds.metric == "map" else int)
-        if protocol == "finetune":
-            reader = CacheReader(clips if ds.modality == "video" else specs)
-            r = eval_finetune.finetune(bundle, role, ds.modality, reader, train, test, fit_idx, val_idx, settings)
-        elif protocol == "svm":
-            r = eval_protocols.svm(tr, y_tr, te, y_te, fit_idx, val_idx, [float(c) for c in settings["C"]])
-        else:
-            r = eval_protocols.linear(
-                tr,
-                y_tr,
-                te,
-                y_te,
-                fit_idx,
-                val_idx,
-                epochs=settings.get("epochs", 50),
-                lr=float(settings.get("lr", 1e-3)),
-                dropout=settings.get("dropout", 0.0),
-                weight_decay=float(settings.get("weight_decay", 0.0)),
-                multilabel=ds.metric == "map",
-            )
-        results.append(
-            {
-                "fold": fold.fold,
-                **r,
-                "selected_on": "val",
-                "n_train": len(train),
-                "n_test": len(test),
-                "n_val": len(val_idx),
-                "missing_in_cache": len(fold.train) + len(fold.test) - len(train) - len(test),
-            }
+    finetune_args = None
+    if protocol == "finetune":
+        finetune_args = (bundle, role, CacheReader(clips if ds.modality == "video" else specs))
+    results = [
+        evaluate_fold(
+            fold, row, feats, ds, protocol, settings, shuffle_labels=shuffle_labels, finetune_args=finetune_args
         )
+        for fold in fold_data
+    ]
     key = ds.metric
     scores = [r[key] for r in results]
     paper = [r["paper_style"][key] for r in results]

@@ -115,3 +115,17 @@ def compute(
 def joint(video: dict[str, torch.Tensor], audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Kinetics-Sound: [L2(video) || L2(audio)] per view (views paired by index)."""
     return {k: torch.cat([F.normalize(video[k], dim=-1), F.normalize(audio[k], dim=-1)], -1) for k in video}
+
+
+def frozen_features(source: FeatureSource, clips, specs, ids: list[str], vs: ViewSettings, cache_dir: Path | None):
+    """A dataset's features: video and/or audio from its caches; with both, the aligned views joined per
+    index (`joint`), the audio test views repeated over the video's crops."""
+    feats, views = {}, EvalViews(clips, specs)  # both caches: aligned windows; a foreign geometry refused here
+    if clips is not None:
+        feats["video"] = compute(source, "video", views, ids, vs, cache_dir)
+    if specs is not None:
+        feats["audio"] = compute(source, "audio", views, ids, vs, cache_dir)
+    if len(feats) == 2:
+        feats["audio"]["test"] = feats["audio"]["test"].repeat_interleave(vs.test_crops, 1)
+        return joint(feats["video"], feats["audio"])
+    return next(iter(feats.values()))
