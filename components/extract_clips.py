@@ -23,6 +23,13 @@ from xkd.data.logmel import SAMPLE_RATE
 from xkd.data.media import require_ffmpeg
 from xkd.errors import UsageError, cli, step_parser
 
+# Upper bounds, checked before any work: past them a run never finishes or fills the disk (--fps 1e9 asks ffmpeg
+# for 1e9 frames a second; --sample-rate 1e8 makes 1.2 GB of PCM for 6 s). 120 fps is the fastest common camera
+# rate (XKD reads 8); 192 kHz is the highest standard audio rate; a short side of 4096 px is beyond 4K UHD (2160).
+MAX_FPS = 120.0
+MAX_SAMPLE_RATE = 192_000
+MAX_SHORT_SIDE = 4096
+
 
 def run(
     input: str,
@@ -44,6 +51,13 @@ def run(
         raise UsageError(
             "--fps, --short-side, --sample-rate and --workers must be positive, --min-duration non-negative"
         )
+    for flag, value, bound in (
+        ("--fps", fps, MAX_FPS),
+        ("--sample-rate", sample_rate, MAX_SAMPLE_RATE),
+        ("--short-side", short_side, MAX_SHORT_SIDE),
+    ):
+        if not value <= bound:  # `not <=` also catches nan
+            raise UsageError(f"{flag} must be at most {bound:g} (got {value:g})")
     jobs, ignored = media_jobs(input)
     params = {
         "fps": fps,

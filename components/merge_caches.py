@@ -98,19 +98,20 @@ def merge(output: str | os.PathLike, partitions: list[str | os.PathLike]) -> dic
                 "shards": [p.name for p in shard_files(part)],
             }
         )
+    # Overlap is one input in two partitions (clip_ids would give the second copy an id of its own).
+    seen: dict[str, str] = {}
+    for e in entries:
+        key = os.path.abspath(e["source"])
+        if key in seen:
+            raise UsageError(
+                f"clip {e['clip_id']!r} is in two partitions ({seen[key]}, {e['shard']}); partitions must not overlap"
+            )
+        seen[key] = e["shard"]
     ids = clip_ids([Path(e["source"]) for e in entries] + [Path(r["path"]) for r in rejected])
     for e, cid in zip(entries, ids):
         if e["clip_id"] != cid:
             e["partition_clip_id"] = e["clip_id"]  # the member names inside the shard keep this one
             e["clip_id"] = cid
-    seen: dict[str, str] = {}
-    for e in entries:
-        if e["clip_id"] in seen:
-            raise UsageError(
-                f"clip {e['clip_id']!r} is in two partitions ({seen[e['clip_id']]}, {e['shard']}); "
-                "partitions must not overlap"
-            )
-        seen[e["clip_id"]] = e["shard"]
     entries.sort(key=lambda e: e["clip_id"])
     codes: dict[str, int] = {}
     for r in rejected:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xkd.data.cache_build import MANIFEST, read_manifest
-from xkd.data.shards import bytes_array, read_member, unpack_jpegs
+from xkd.data.cache_build import MANIFEST, read_manifest, read_report
+from xkd.data.shards import bytes_array, checked_shard, read_member, unpack_jpegs
 
 PCM_SCALE = 32767.0  # the official loader divides int16 samples by 32767
 
@@ -31,6 +31,11 @@ class CacheReader:
                 "run components.extract_clips / components.cache_spectrograms first"
             )
         self.entries = {e["clip_id"]: e for e in read_manifest(self.directory)}
+        # Every shard path must stay inside the cache (or a partition a merged cache records): a crafted
+        # manifest must not make a reader open arbitrary files. Checked once here, so every user is covered.
+        roots = tuple(p.get("dir") for p in read_report(self.directory).get("partitions") or [] if isinstance(p, dict))
+        for clip_id, e in self.entries.items():
+            checked_shard(self.directory, e.get("shard"), clip_id, roots)
 
     def ids(self) -> list[str]:
         return list(self.entries)

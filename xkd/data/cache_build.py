@@ -26,7 +26,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from xkd.data.media import MediaError
-from xkd.data.shards import ShardWriter, remove_stale_temp, shard_files
+from xkd.data.shards import ShardWriter, remove_stale_temp, shard_files, shard_index
+from xkd.errors import UsageError
 
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
@@ -67,6 +68,41 @@ def read_manifest(directory: Path) -> list[dict]:
 def read_report(directory: Path) -> dict:
     path = Path(directory) / REPORT
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+# What each step stores: recognises a cache's kind from its manifest when report.json is missing.
+_KIND_BY_MEMBER = {"frames": "extract_clips", "pcm16.npy": "extract_clips", "logmel.npy": "cache_spectrograms"}
+
+
+def cache_kind(directory: Path) -> str | None:
+    """The step that wrote the cache in `directory` (`extract_clips`, `cache_spectrograms`), or None."""
+    step = (read_report(directory).get("params") or {}).get("step")
+    if isinstance(step, str) and step:
+        return step.split("/")[0]
+    path = Path(directory) / MANIFEST
+    if path.is_file():
+        with open(path) as fh:
+            first = next((line for line in fh if line.strip()), None)
+        try:
+            members = (json.loads(first).get("members") or {}) if first is not None else {}
+        except (ValueError, AttributeError):  # not a manifest this library wrote
+            members = {}
+        if isinstance(members, dict):
+            return next((_KIND_BY_MEMBER[m] for m in members if m in _KIND_BY_MEMBER), None)
+    return None
+
+
+def _refuse_other_kind(output: Path, params: dict) -> None:
+    """A step must never replace the manifest (and delete the shards) of another step's cache."""
+    step = params.get("step")
+    if not step or not output.is_dir():
+        return
+    mine, found = step.split("/")[0], cache_kind(output)
+    if found is not None and found != mine:
+        raise UsageError(
+            f"--output {output} is a {found} cache (written by components.{found}); {mine} would replace its "
+            f"manifest and delete its shards: give {mine} its own --output directory"
+        )
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -111,6 +147,7 @@ def build_cache(
 ) -> dict:
     """Process `jobs` into the cache directory `output`; return the report dict."""
     output = Path(output)
+    _refuse_other_kind(output, params)  # before touching anything
     output.mkdir(parents=True, exist_ok=True)
     remove_stale_temp(output)
     digest = params_digest(params)
@@ -130,13 +167,14 @@ def build_cache(
         todo.append(job)
 
     old_sources = set(old_entries) | set(old_rejects)
-    if not todo and old_sources == {j.source for j in jobs}:
+    # Up to date only when the previous run's report is there (an empty input has no sources either).
+    if not todo and old_sources == {j.source for j in jobs} and read_report(output).get("params_digest") == digest:
         report = read_report(output)
         tqdm.write(f"{desc}: up to date ({report['ok']} ok, {len(report['rejected'])} rejected); nothing to do")
         return report
 
     started = time.time()
-    existing = [int(p.stem.split("-")[1]) for p in shard_files(output)]
+    existing = [shard_index(p.name) for p in shard_files(output)]
     writer = ShardWriter(output, first_index=max(existing, default=-1) + 1, max_bytes=shard_bytes)
     try:
         for job, (status, value) in zip(todo, _map(process, todo, params, workers, desc)):

@@ -23,6 +23,11 @@ from xkd.errors import UsageError
 
 REJECT_CODES = ("empty_file", "unreadable", "no_video", "no_audio", "too_short", "timeout", "decode_error")
 STDERR_TAIL_CHARS = 400
+# Frame geometry the cache accepts. JPEG stores width/height in 16 bits (libjpeg fails, torchvision's encode_jpeg
+# segfaults, beyond 65,535 px); and no camera or screen format is wider than ~4:1 (32:9 ultrawide = 3.6), so a
+# stream past 10:1 is a broken or synthetic file whose scaled frames would also be huge (4x4096 -> 112x114688).
+JPEG_MAX_SIDE = 65535
+MAX_ASPECT_RATIO = 10.0
 
 
 class MediaError(Exception):
@@ -80,6 +85,12 @@ class Probe:
     audio: StreamInfo | None
 
 
+def ffmpeg_path(path: str | os.PathLike) -> str:
+    """The input as ffmpeg/ffprobe must see it: an absolute `file:` URL, so that a file named `pipe:x.mp4`,
+    `concat:a|b` or `http:...` is read as that file and never opened as an ffmpeg protocol."""
+    return "file:" + os.path.abspath(os.fspath(path))
+
+
 def _rotation(stream: dict) -> int:
     rot = stream.get("tags", {}).get("rotate")
     for side in stream.get("side_data_list", []) or []:
@@ -100,9 +111,9 @@ def probe(path: str | os.PathLike, timeout_s: float) -> Probe:
         raise MediaError("empty_file", "file has 0 bytes")
     # subprocess, not ffmpeg.probe: ffmpeg-python 0.2's probe has no timeout (a `timeout=` kwarg becomes
     # ffprobe's network `-timeout` option), so a stuck ffprobe would hang the whole extraction
-    cmd = ["ffprobe", "-hide_banner", "-show_format", "-show_streams", "-of", "json", str(path)]
+    cmd = ["ffprobe", "-hide_banner", "-show_format", "-show_streams", "-of", "json", ffmpeg_path(path)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise MediaError("timeout", f"ffprobe took longer than {timeout_s:g} s") from None
     if proc.returncode != 0:
@@ -143,9 +154,22 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """Output (w, h) with the shorter side set to `short_side` and the aspect ratio kept."""
     if width <= 0 or height <= 0:
         raise MediaError("decode_error", f"video stream reports size {width}x{height}")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise MediaError(
+            "decode_error",
+            f"unsupported frame geometry: {width}x{height} has an aspect ratio beyond {MAX_ASPECT_RATIO:g}:1",
+        )
     if width <= height:
-        return short_side, max(1, round(height * short_side / width))
-    return max(1, round(width * short_side / height)), short_side
+        out = short_side, max(1, round(height * short_side / width))
+    else:
+        out = max(1, round(width * short_side / height)), short_side
+    if max(out) > JPEG_MAX_SIDE:
+        raise MediaError(
+            "decode_error",
+            f"unsupported frame geometry: {width}x{height} scales to {out[0]}x{out[1]}, "
+            f"beyond JPEG's {JPEG_MAX_SIDE} px limit",
+        )
+    return out
 
 
 @dataclass
@@ -167,7 +191,7 @@ def decode(
 ) -> Decoded:
     """One ffmpeg pass: video resampled to `fps` (short side resized, bilinear) as raw RGB on stdout,
     and the first audio stream as 16-bit mono PCM at `sample_rate` into a temp file."""
-    inp = ffmpeg.input(str(path), threads=1)
+    inp = ffmpeg.input(ffmpeg_path(path), threads=1)
     outputs = []
     size = None
     if with_video:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
+
+from xkd.errors import UsageError
 
 _BLOCK = tarfile.BLOCKSIZE
 _PACK_MAGIC = b"XKDJPG1\0"
@@ -117,8 +120,42 @@ def read_member(path: Path, offset: int, size: int) -> bytes:
     return data
 
 
+# Only names the writer produces are the cache's shards; anything else matching `shard-*.tar` (a user's
+# `shard-backup.tar`) is not the cache's to count, reuse or delete.
+_SHARD_NAME = re.compile(r"shard-(\d{6,})\.tar")
+
+
+def shard_index(name: str) -> int | None:
+    """The index of a shard file name written by `ShardWriter`, or None for any other name."""
+    m = _SHARD_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
 def shard_files(directory: Path) -> list[Path]:
-    return sorted(Path(directory).glob("shard-*.tar"))
+    """The shard files this cache wrote (unknown files matching the glob are left alone)."""
+    return sorted(p for p in Path(directory).glob("shard-*.tar") if shard_index(p.name) is not None and p.is_file())
+
+
+def checked_shard(directory: Path, shard: object, clip_id: str, roots: tuple[str, ...] = ()) -> Path:
+    """The path of a manifest entry's `shard`, confined to the cache: a shard file name written by
+    `ShardWriter`, directly in `directory` or in one of `roots` (relative to it: the partition folders a
+    merged cache points into, from its report). Anything else (an absolute path, `..`, another file name)
+    is a corrupt or crafted manifest and raises UsageError naming the entry."""
+    ok = isinstance(shard, str) and "\\" not in shard and "\0" not in shard
+    if ok:
+        rel = PurePosixPath(shard)
+        allowed = {"."} | {os.path.normpath(r) for r in roots if isinstance(r, str) and r}
+        ok = (
+            not rel.is_absolute()
+            and shard_index(rel.name) is not None
+            and os.path.normpath(rel.parent.as_posix()) in allowed
+        )
+    if not ok:
+        raise UsageError(
+            f"{Path(directory) / 'manifest.jsonl'}: clip {clip_id!r} names shard {shard!r}, which is not a shard "
+            "file of this cache directory; refusing to read it (corrupt or crafted manifest: rebuild the cache)"
+        )
+    return Path(directory) / shard
 
 
 def remove_stale_temp(directory: Path) -> None:
