@@ -38,29 +38,22 @@ def check_clip_cache(reader, *, audio: bool) -> None:
     if fps - {float(FPS)}:
         _refuse(reader.directory, "clips at", {f"{f:g} fps" for f in fps}, f"{FPS} fps", f"re-extract with --fps {FPS}")
     if audio:
-        rates = {int(e["audio"]["sample_rate"]) for e in entries if e.get("audio")}
-        if rates - {SAMPLE_RATE}:
-            _refuse(
-                reader.directory,
-                "audio at",
-                {f"{r} Hz" for r in rates},
-                f"{SAMPLE_RATE} Hz",
-                f"re-extract with --sample-rate {SAMPLE_RATE}",
-            )
+        check_sample_rate(reader, "audio at", f"re-extract with --sample-rate {SAMPLE_RATE}")
+
+
+def check_sample_rate(reader, what: str, fix: str) -> None:
+    """Refuse a cache whose entries record audio at another rate than the log-mel front end's."""
+    rates = {int(e["audio"]["sample_rate"]) for e in reader.entries.values() if e.get("audio")}
+    if rates - {SAMPLE_RATE}:
+        _refuse(reader.directory, what, {f"{r} Hz" for r in rates}, f"{SAMPLE_RATE} Hz", fix)
 
 
 def check_spectrogram_cache(reader) -> None:
     """Refuse a spectrogram cache made at another sample rate, hop or number of mel bands than the front end."""
     entries = list(reader.entries.values())
-    rates = {int(e["audio"]["sample_rate"]) for e in entries if e.get("audio")}
-    if rates - {SAMPLE_RATE}:
-        _refuse(
-            reader.directory,
-            "log-mels of audio at",
-            {f"{r} Hz" for r in rates},
-            f"{SAMPLE_RATE} Hz",
-            f"rebuild it from a clip cache extracted with --sample-rate {SAMPLE_RATE}",
-        )
+    check_sample_rate(
+        reader, "log-mels of audio at", f"rebuild it from a clip cache extracted with --sample-rate {SAMPLE_RATE}"
+    )
     layout = {(e["spectrogram"]["hop"], e["spectrogram"]["n_mels"]) for e in entries if e.get("spectrogram")}
     if layout - {(HOP, N_MELS)}:
         _refuse(

@@ -12,10 +12,10 @@ import numpy as np
 
 from xkd.data.cache import PCM_SCALE, CacheReader
 from xkd.data.cache_build import Job
+from xkd.data.geometry import check_sample_rate
 from xkd.data.logmel import HOP, N_MELS, SAMPLE_RATE, log_mel
 from xkd.data.media import MediaError, decode, probe
 from xkd.data.shards import array_bytes, bytes_array, read_member
-from xkd.errors import UsageError
 
 STORAGE_DTYPE = np.float16
 
@@ -80,12 +80,8 @@ def from_audio_file(job: Job, params: dict) -> tuple[dict, dict[str, bytes]]:
 def clip_cache_jobs(clips: str) -> list[Job]:
     """One job per clip-cache entry; clips without audio become `no_audio` rejects here."""
     reader = CacheReader(clips)
-    rates = {int(e["audio"]["sample_rate"]) for e in reader.entries.values() if e.get("audio")}
-    if rates - {SAMPLE_RATE}:  # the front end's mel filters and hop are defined at 16 kHz
-        raise UsageError(
-            f"{clips} holds audio at {', '.join(f'{r} Hz' for r in sorted(rates))}, but the log-mel front end "
-            f"takes {SAMPLE_RATE} Hz; re-extract with --sample-rate {SAMPLE_RATE}"
-        )
+    # the front end's mel filters and hop are defined at 16 kHz: other audio would give wrong log-mels
+    check_sample_rate(reader, "audio at", f"re-extract with --sample-rate {SAMPLE_RATE}")
     jobs = []
     for cid, e in reader.entries.items():
         audio = e.get("audio")
