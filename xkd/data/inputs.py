@@ -106,7 +106,11 @@ def clip_ids(paths: list[Path]) -> list[str]:
 def media_jobs(path: str) -> tuple[list[Job], list[str]]:
     """Jobs for every media input under `path`; missing listed files still become jobs (and rejects)."""
     items, ignored = discover(path)
-    ids = clip_ids([p for _, p in items])
+    # A file named twice (a list repeating a line) is one input: it gets the id it would have if named once,
+    # and build_cache processes it once and counts the repeat.
+    first = {os.path.realpath(p): p for _, p in reversed(items)}
+    by_file = dict(zip(first, clip_ids(list(first.values()))))
+    ids = [by_file[os.path.realpath(p)] for _, p in items]
     jobs = []
     for (source, p), cid in zip(items, ids):
         try:

@@ -60,8 +60,10 @@ def bytes_array(blob: bytes | memoryview) -> np.ndarray:
 class ShardWriter:
     """Writes members into `shard-NNNNNN.tar` files, rolling over at `max_bytes`.
 
-    Each shard is written under a temporary name and renamed when complete, so a killed run never
-    leaves a truncated shard under a real name."""
+    Each shard is written under a temporary name (`temp_shard_path`) and renamed when complete, so a killed
+    run never leaves a truncated shard under a real name. `sync()` makes every member written so far durable
+    in that temporary file: a killed run's journal then points at bytes that `salvage_temp_shard` can turn
+    into a complete shard on the next run."""
 
     def __init__(self, directory: Path, first_index: int = 0, max_bytes: int = 512 << 20):
         self.directory = Path(directory)
@@ -76,7 +78,7 @@ class ShardWriter:
         return f"shard-{self.index:06d}.tar"
 
     def _open(self) -> None:
-        self._tmp = self.directory / f".{self.shard_name}.tmp"
+        self._tmp = temp_shard_path(self.directory, self.shard_name)
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
 
     def write(self, members: dict[str, bytes]) -> tuple[str, dict[str, dict[str, int]]]:
@@ -97,11 +99,19 @@ class ShardWriter:
             self._close()
         return shard, where
 
+    def sync(self) -> None:
+        """Flush the open shard's members to disk (a no-op when the last write closed the shard)."""
+        if self._tar is not None:
+            self._tar.fileobj.flush()
+            os.fsync(self._tar.fileobj.fileno())
+
     def _close(self) -> None:
         if self._tar is None:
             return
         self._tar.close()
+        _fsync_path(self._tmp)
         self._tmp.replace(self.directory / self.shard_name)
+        fsync_dir(self.directory)
         self.written.append(self.shard_name)
         self._tar, self._tmp = None, None
         self.index += 1
@@ -109,6 +119,51 @@ class ShardWriter:
     def close(self) -> list[str]:
         self._close()
         return self.written
+
+
+def temp_shard_path(directory: Path, shard: str) -> Path:
+    """Where `ShardWriter` writes `shard` until it is complete."""
+    return Path(directory) / f".{shard}.tmp"
+
+
+def member_end(where: dict[str, int]) -> int:
+    """The offset just past a member's payload, padded to whole tar blocks (where the next header starts)."""
+    return where["offset"] + -(-where["size"] // _BLOCK) * _BLOCK
+
+
+def salvage_temp_shard(directory: Path, shard: str, end: int) -> bool:
+    """Turn the temporary file of a killed run's unfinished `shard` into a complete shard holding its first
+    `end` bytes (the members its journal recorded), cut where a member ends and closed with tar's end-of-archive
+    blocks. Returns False (and changes nothing) when the temporary file is missing or shorter than `end`."""
+    tmp = temp_shard_path(directory, shard)
+    if shard_index(shard) is None or end <= 0 or end % _BLOCK or not tmp.is_file() or tmp.stat().st_size < end:
+        return False
+    with open(tmp, "r+b") as fh:
+        fh.truncate(end)  # drops a half-written member of the file that was in flight
+        fh.seek(end)
+        fh.write(b"\0" * (2 * _BLOCK))
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(Path(directory) / shard)
+    fsync_dir(directory)
+    return True
+
+
+def _fsync_path(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames inside `directory` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_member(path: Path, offset: int, size: int) -> bytes:
@@ -159,5 +214,6 @@ def checked_shard(directory: Path, shard: object, clip_id: str, roots: tuple[str
 
 
 def remove_stale_temp(directory: Path) -> None:
+    """Delete unfinished shards left by a killed run (after `salvage_temp_shard` kept what its journal names)."""
     for tmp in Path(directory).glob(".shard-*.tar.tmp"):
         os.remove(tmp)
