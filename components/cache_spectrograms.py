@@ -2,6 +2,11 @@
 
     python -m components.cache_spectrograms --clips DIR --output DIR2      # audio of a clip cache
     python -m components.cache_spectrograms --input PATH --output DIR2     # plain audio files / folders
+        [--max-duration 600]
+
+With --input, each file's best audio stream (highest sample rate, then channels) is decoded, at most its first
+--max-duration seconds (default 600; the entry then records `truncated_to_s`), and must decode at least half of
+its declared duration, the rule clip extraction applies (xkd/data/media.py); `duration_s` is the decoded length.
 
 Stored as float16 [80, T]: the normalised log-mel has |x| <~ 5, where float16 keeps an absolute error
 <= 2e-3 (measured in tests), 25x below the smallest change the model sees from augmentation (the volume
@@ -18,7 +23,7 @@ from pathlib import Path
 
 from xkd.data.cache_build import build_cache, summarize
 from xkd.data.inputs import media_jobs
-from xkd.data.media import require_ffmpeg
+from xkd.data.media import MAX_DURATION_S, require_ffmpeg
 from xkd.errors import UsageError, cli, step_parser
 
 
@@ -30,10 +35,17 @@ def run(
     min_duration: float = 1.0,
     workers: int = 1,
     timeout_s: float = 600.0,
+    max_duration: float = MAX_DURATION_S,
 ) -> dict:
     """Cache whole-track log-mels for a clip cache (`clips`) or for audio files (`input`)."""
     if (clips is None) == (input is None):
         raise UsageError("give exactly one of --clips DIR or --input PATH")
+    if workers < 1:  # 0 or a negative count used to be accepted and run with one worker
+        raise UsageError(f"--workers must be at least 1 (got {workers})")
+    if not 0 <= min_duration < float("inf"):  # `not` also catches nan; -5 used to mean "no minimum" silently
+        raise UsageError(f"--min-duration must be a non-negative, finite number of seconds (got {min_duration:g})")
+    if not 0 < timeout_s < float("inf"):
+        raise UsageError(f"--timeout must be a positive, finite number of seconds (got {timeout_s:g})")
     import numpy as np
 
     from xkd.data.spectrograms import STORAGE_DTYPE, clip_cache_jobs, from_audio_file, from_clip_cache
@@ -50,7 +62,11 @@ def run(
             raise UsageError(f"{clips} is not a clip cache (no manifest.jsonl); run components.extract_clips first")
         jobs, process, extra = clip_cache_jobs(clips), from_clip_cache, {"clips": str(clips)}
     else:
+        if not 0 < max_duration < float("inf"):  # also catches nan
+            raise UsageError(f"--max-duration must be a positive, finite number of seconds (got {max_duration:g})")
         require_ffmpeg()
+        # media files only: a clip cache's params (and so its digest) stay as they were
+        params.update(max_duration_s=max_duration, min_decoded_fraction=0.5)
         jobs, ignored = media_jobs(input)
         process, extra = from_audio_file, {"ignored_non_media": ignored}
     return build_cache(
@@ -65,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--input", help="audio file, folder (recursive) or text file of paths")
     ap.add_argument("--output", required=True, help="spectrogram cache directory")
     ap.add_argument("--min-duration", type=float, default=1.0, help="seconds of audio; shorter is rejected")
+    ap.add_argument(
+        "--max-duration",
+        type=float,
+        default=MAX_DURATION_S,
+        help=f"with --input: seconds of audio decoded per file at most (default {MAX_DURATION_S:g})",
+    )
     ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1), help="worker processes")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per ffmpeg call")
     return ap
@@ -78,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         clips=args.clips,
         input=args.input,
         min_duration=args.min_duration,
+        max_duration=args.max_duration,
         workers=args.workers,
         timeout_s=args.timeout,
     )

@@ -1,11 +1,15 @@
 """Clip extraction: raw videos -> clip cache (JPEG frames at 8 fps, short side 112; 16 kHz mono PCM).
 
     python -m components.extract_clips --input PATH --output DIR [--require-audio] [--fps 8]
-        [--short-side 112] [--sample-rate 16000] [--min-duration 1.0] [--workers N]
+        [--short-side 112] [--sample-rate 16000] [--min-duration 1.0] [--max-duration 600] [--workers N]
 
 PATH is a folder (searched recursively for media files), a text file of paths, or one media file.
-The whole duration is kept: pretraining samples a random 4 s window every epoch, evaluation takes
-uniformly spaced windows. Output layout: docs/DESIGN.md "Cache directory" contract.
+The whole duration is kept up to --max-duration (default 600 s; a longer file keeps its first 600 s and its
+entry records `truncated_to_s`): pretraining samples a random 4 s window every epoch, evaluation takes
+uniformly spaced windows. Frames are JPEG-compressed as they are decoded, so a worker's memory is about the
+entry it builds (~66 KiB of JPEG + 32 KB of PCM per second at the defaults: ~60 MB for 600 s), not the raw video.
+Stream choice and the length rules (each used stream must decode at least half of its own declared duration):
+xkd/data/media.py. Output layout: docs/DESIGN.md "Cache directory" contract.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from xkd.data.clips import JPEG_QUALITY, extract_one
 from xkd.data.geometry import FPS, VIDEO_SIZE
 from xkd.data.inputs import media_jobs
 from xkd.data.logmel import SAMPLE_RATE
-from xkd.data.media import require_ffmpeg
+from xkd.data.media import MAX_DURATION_S, require_ffmpeg
 from xkd.errors import UsageError, cli, step_parser
 
 # Upper bounds, checked before any work: past them a run never finishes or fills the disk (--fps 1e9 asks ffmpeg
@@ -44,6 +48,7 @@ def run(
     timeout_s: float = 600.0,
     jpeg_quality: int = JPEG_QUALITY,
     min_decoded_fraction: float = 0.5,
+    max_duration: float = MAX_DURATION_S,
 ) -> dict:
     """Extract every media file under `input` into the clip cache `output`; return the report."""
     require_ffmpeg()
@@ -51,6 +56,8 @@ def run(
         raise UsageError(
             "--fps, --short-side, --sample-rate and --workers must be positive, --min-duration non-negative"
         )
+    if not 0 < max_duration < float("inf"):  # also catches nan
+        raise UsageError(f"--max-duration must be a positive, finite number of seconds (got {max_duration:g})")
     for flag, value, bound in (
         ("--fps", fps, MAX_FPS),
         ("--sample-rate", sample_rate, MAX_SAMPLE_RATE),
@@ -68,6 +75,7 @@ def run(
         "timeout_s": timeout_s,
         "jpeg_quality": jpeg_quality,
         "min_decoded_fraction": min_decoded_fraction,
+        "max_duration_s": max_duration,
         "step": "extract_clips/1",
     }
     return build_cache(
@@ -92,6 +100,12 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="audio sample rate (Hz), mono")
     ap.add_argument("--min-duration", type=float, default=1.0, help="seconds; shorter files are rejected")
+    ap.add_argument(
+        "--max-duration",
+        type=float,
+        default=MAX_DURATION_S,
+        help=f"seconds decoded per file at most; a longer file keeps its first ones (default {MAX_DURATION_S:g})",
+    )
     ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1), help="worker processes")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per ffmpeg call")
     return ap
@@ -108,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         short_side=args.short_side,
         sample_rate=args.sample_rate,
         min_duration=args.min_duration,
+        max_duration=args.max_duration,
         workers=args.workers,
         timeout_s=args.timeout,
     )

@@ -18,9 +18,10 @@ def test_probe_reads_streams_sizes_rates_and_start_times():
     assert p.duration_s == pytest.approx(10.1) and p.video.start_s == 0.0
 
     mkv = media.probe(AV / "flipping_a_pancake.mkv", timeout_s=30)
-    # Matroska: no per-stream duration (the reason the official loader drops it), so the container's is used;
-    # the opus track starts 7 ms before the video (its pre-skip)
-    assert mkv.video.duration_s is None and mkv.duration_s == pytest.approx(10.381)
+    # Matroska: no per-stream duration field (the reason the official loader drops it); the muxer's per-stream
+    # DURATION tags give each stream's own; the opus track starts 7 ms before the video (its pre-skip)
+    assert mkv.video.duration_s == pytest.approx(10.333) and mkv.audio.duration_s == pytest.approx(10.381)
+    assert mkv.duration_s == pytest.approx(10.381)
     assert mkv.audio.start_s == pytest.approx(-0.007) and mkv.audio.codec == "opus"
 
     silent = media.probe(AV / "v_SoccerJuggling_g23_c01.avi", timeout_s=30)
@@ -67,3 +68,49 @@ def test_reject_codes_for_files_that_cannot_become_cache_entries(tmp_path):
     with pytest.raises(media.MediaError) as err:
         media.scaled_size(0, 240, 112)  # a stream that reports no size
     assert err.value.code == "decode_error"
+
+
+def test_frames_can_be_streamed_one_at_a_time_without_temp_files(tmp_path, monkeypatch):
+    """decode hands each frame to a sink as it arrives (bounded memory) and writes nothing to disk."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    path = AV / "R6llTwEh07w.mp4"
+    info = media.probe(path, timeout_s=30)
+    whole = media.decode(path, info, with_video=True, with_audio=True, **DECODE)
+    seen = []
+    streamed = media.decode(path, info, with_video=True, with_audio=True, frame_sink=seen.append, **DECODE)
+    assert streamed.frames is None and streamed.n_frames == len(seen) == len(whole.frames)
+    assert np.array_equal(np.stack(seen), whole.frames) and np.array_equal(streamed.audio, whole.audio)
+    capped = media.decode(path, info, with_video=True, with_audio=True, max_duration_s=2.0, **DECODE)
+    assert len(capped.frames) == 16 and len(capped.audio) == 32000  # ffmpeg -t: the first 2 s only
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pillow_jpegs_equal_the_torchvision_encoder_the_cache_used(tmp_path):
+    """The JPEG step moved from torchvision's encode_jpeg (which segfaults on frames libjpeg cannot store) to
+    Pillow: same libjpeg settings (quality 90, 4:2:0), so the same bytes per clip-second and the same pixels."""
+    import torch
+    from torchvision.io import encode_jpeg
+
+    from xkd.data.clips import encode_jpegs
+
+    path = AV / "R6llTwEh07w.mp4"
+    frames = media.decode(path, media.probe(path, timeout_s=30), with_video=True, with_audio=False, **DECODE).frames
+    ours = encode_jpegs(frames, 90)
+    theirs = [bytes(t.numpy()) for t in encode_jpeg([torch.from_numpy(f.copy()).permute(2, 0, 1) for f in frames], 90)]
+    assert ours == theirs
+
+
+def test_one_length_rule_for_every_stream():
+    """Each stream must decode at least half of its own declared duration (capped), and --min-duration."""
+    video = media.StreamInfo(0, "h264", 0.0, 1.5)
+    audio = media.StreamInfo(1, "aac", 0.0, None)
+    info = media.Probe(duration_s=10.0, video=video, audio=audio)
+    assert media.expected_seconds(info, video, 600) == 1.5  # its own duration, not the file's 10 s
+    assert media.expected_seconds(info, audio, 600) == 10.0  # none declared: the file's real duration
+    assert media.expected_seconds(info, audio, 4.0) == 4.0 and media.truncated_to(info, 4.0) == 4.0
+    assert media.truncated_to(info, 600) is None
+    media.check_decoded_length("video", 1.5, 1.5, min_duration_s=1.0, min_fraction=0.5)
+    for decoded, expected, code in ((0.9, 1.5, "too_short"), (4.0, 10.0, "decode_error")):
+        with pytest.raises(media.MediaError) as err:
+            media.check_decoded_length("audio", decoded, expected, min_duration_s=1.0, min_fraction=0.5)
+        assert err.value.code == code

@@ -14,16 +14,25 @@ from xkd.data.cache import PCM_SCALE, CacheReader
 from xkd.data.cache_build import Job
 from xkd.data.geometry import check_sample_rate
 from xkd.data.logmel import HOP, N_MELS, SAMPLE_RATE, log_mel
-from xkd.data.media import MediaError, decode, probe
+from xkd.data.media import (
+    MediaError,
+    check_declared_length,
+    check_decoded_length,
+    decode,
+    expected_seconds,
+    probe,
+    truncated_to,
+)
 from xkd.data.shards import array_bytes, bytes_array, read_member
 
 STORAGE_DTYPE = np.float16
 
 
 def spectrogram_entry(pcm16: np.ndarray, params: dict, audio_meta: dict) -> tuple[dict, dict[str, bytes]]:
-    seconds = len(pcm16) / SAMPLE_RATE
-    if seconds < params["min_duration_s"]:
-        raise MediaError("too_short", f"audio is {seconds:.3f} s < --min-duration {params['min_duration_s']:g} s")
+    # a clip cache's audio was checked against its declared length at extraction: only --min-duration here
+    check_decoded_length(
+        "audio", len(pcm16) / SAMPLE_RATE, None, min_duration_s=params["min_duration_s"], min_fraction=0
+    )
     import torch
 
     torch.set_num_threads(1)
@@ -47,15 +56,17 @@ def from_clip_cache(job: Job, params: dict) -> tuple[dict, dict[str, bytes]]:
         raise MediaError("no_audio", "the clip cache holds no audio for this clip (its source has no audio stream)")
     pcm = bytes_array(read_member(Path(p["shard_path"]), p["offset"], p["size"]))
     fields, members = spectrogram_entry(pcm, params, p["audio"])
-    return {"duration_s": p["duration_s"], **fields}, members
+    return {"duration_s": p["duration_s"], "truncated_to_s": p.get("truncated_to_s"), **fields}, members
 
 
 def from_audio_file(job: Job, params: dict) -> tuple[dict, dict[str, bytes]]:
+    """Probe, decode the chosen audio stream (at most --max-duration s), check its length with the same rule as
+    clip extraction, then compute the log-mel. `duration_s` is the decoded length, never the header's claim."""
     info = probe(job.path, params["timeout_s"])
     if info.audio is None:
         raise MediaError("no_audio", "no audio stream")
-    if info.duration_s and info.duration_s < params["min_duration_s"]:
-        raise MediaError("too_short", f"{info.duration_s:.3f} s < --min-duration {params['min_duration_s']:g} s")
+    check_declared_length(info, params["min_duration_s"])
+    cap = params["max_duration_s"]
     dec = decode(
         job.path,
         info,
@@ -65,6 +76,15 @@ def from_audio_file(job: Job, params: dict) -> tuple[dict, dict[str, bytes]]:
         with_video=False,
         with_audio=True,
         timeout_s=params["timeout_s"],
+        max_duration_s=cap,
+    )
+    seconds = len(dec.audio) / SAMPLE_RATE
+    check_decoded_length(
+        "audio",
+        seconds,
+        expected_seconds(info, info.audio, cap),
+        min_duration_s=params["min_duration_s"],
+        min_fraction=params["min_decoded_fraction"],
     )
     meta = {
         "sample_rate": SAMPLE_RATE,
@@ -72,9 +92,10 @@ def from_audio_file(job: Job, params: dict) -> tuple[dict, dict[str, bytes]]:
         "start_s": info.audio.start_s,
         "codec": info.audio.codec,
         "encoding": "logmel",
+        "stream_index": info.audio.index,
     }
     fields, members = spectrogram_entry(dec.audio, params, meta)
-    return {"duration_s": round(info.duration_s, 6), **fields}, members
+    return {"duration_s": round(seconds, 6), "truncated_to_s": truncated_to(info, cap), **fields}, members
 
 
 def clip_cache_jobs(clips: str) -> list[Job]:
@@ -86,7 +107,7 @@ def clip_cache_jobs(clips: str) -> list[Job]:
     for cid, e in reader.entries.items():
         audio = e.get("audio")
         where = e["members"].get("pcm16.npy")
-        payload = {"duration_s": e["duration_s"], "audio": audio}
+        payload = {"duration_s": e["duration_s"], "truncated_to_s": e.get("truncated_to_s"), "audio": audio}
         if where is not None:
             payload.update(shard_path=str(reader.directory / e["shard"]), **where)
         fingerprint = {"clip_shard": e["shard"], **(where or {}), "upstream": e.get("fingerprint")}
