@@ -51,6 +51,7 @@ test-fast: install
 bench: install
 	$(BIN)/python -m benchmarks.extraction
 	$(BIN)/python -m benchmarks.spectrograms
+	$(BIN)/python -m benchmarks.photometric
 
 # Register a local dataset copy: check it against data/splits, dvc add it, push to the DVC remote.
 # make data DATASET=ucf101 SRC=/path/to/UCF-101 [REMOTE=/path/or/url] [SPLIT=1]
