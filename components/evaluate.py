@@ -1,7 +1,8 @@
 """Downstream evaluation of an encoder bundle on one dataset with one protocol, all its folds.
 
     python -m components.evaluate --encoder BUNDLE_DIR [--role student|teacher|selected] --dataset NAME \
-        --protocol svm|linear [--folds 1,2|all] --data DIR --output DIR [--features encoder|random-init|logmel-stats]
+        --protocol svm|linear [--folds 1,2|all] --data DIR --output DIR \
+        [--features encoder|random-init|logmel-stats|pixel-stats|shuffled-labels]
 
 Writes `OUTPUT/metrics.json` (Contracts): per fold the score with hyper-parameters chosen on a validation
 carve of the training split (`selected_on: "val"`), mean and std over folds, and beside it the official
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from xkd.errors import MLFLOW_PARENT_HELP, UsageError, cli, step_parser
+from xkd.evaluation import controls as eval_controls
 from xkd.evaluation import datasets as eval_datasets
 from xkd.paths import CONFIGS
 
@@ -48,6 +51,17 @@ def resolve_role(encoder: Path, role: str) -> str:
     return json.loads(sel.read_text())["role"]
 
 
+def _verified_bundle(bundle: Path, role: str) -> dict:
+    """config.json of `bundle`, after checking it and the role's encoder files (shapes, finite values, export
+    digest): a damaged bundle is refused before any evaluation work, not after a whole evaluation."""
+    from model.bundle import BundleError, verify_bundle
+
+    try:
+        return verify_bundle(bundle, roles=(role,))
+    except BundleError as err:
+        raise UsageError(f"{err}; pass outputs/select/bundle or a pretraining checkpoint's bundle/") from None
+
+
 def run(
     encoder: str,
     dataset: str,
@@ -71,32 +85,30 @@ def run(
     from xkd.data.cache import CacheReader
     from xkd.evaluation.features import FeatureSource, ViewSettings, frozen_features
     from xkd.evaluation.folds import evaluate_fold
+    from xkd.tracking import runs as tracking
 
+    tracking.check_store()  # a dead or unsupported tracking store is one line now, before any evaluation
     started = time.time()
     ds = eval_datasets.info(dataset)
     if protocol not in PROTOCOLS:
         raise UsageError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if features == "logmel-stats" and "video" in ds.modality:
-        raise UsageError("logmel-stats features exist for audio datasets only")
+    eval_controls.check(features, dataset, ds.modality)  # e.g. pixel-stats on an audio dataset: one line
+    needs_bundle = eval_controls.needs_bundle(features)
+    shuffle_labels = eval_controls.shuffles_labels(features, shuffle_labels)
     bundle = Path(encoder)
-    if features != "logmel-stats" and not (bundle / "config.json").exists():
-        raise UsageError(
-            f"{bundle} is not an encoder bundle (no config.json); pass outputs/select/bundle or a "
-            "pretraining checkpoint's bundle/"
-        )
-    bundle_cfg = json.loads((bundle / "config.json").read_text()) if features != "logmel-stats" else {}
+    role = resolve_role(bundle, role)
+    bundle_cfg = _verified_bundle(bundle, role) if needs_bundle else {}
     if preset is not None and bundle_cfg and bundle_cfg.get("preset") != preset:
         raise UsageError(
             f"the spec asks for a {preset!r} encoder but {bundle} holds a {bundle_cfg.get('preset')!r} one; "
             "fix the spec's preset or pass the right bundle"
         )
     preset = bundle_cfg.get("preset", preset)
-    role = resolve_role(bundle, role)
-    folds = eval_datasets.parse_folds(folds) or list(ds.folds)
+    folds = eval_datasets.parse_folds(folds) or eval_datasets.fold_numbers(dataset, data)  # fsdd: per speaker
     settings = load_settings(dataset, protocol, config)
     clips, specs = eval_datasets.cache_dirs(dataset, data)
     vs = ViewSettings.from_settings(settings)  # train_views, test_clips, test_crops, gain_jitter, size, ...
-    fold_data = [eval_datasets.load_fold(dataset, f) for f in folds]
+    fold_data = [eval_datasets.load_fold(dataset, f, data) for f in folds]
     available = set.intersection(*(set(CacheReader(p).ids()) for p in (clips, specs) if p is not None))
     universe = sorted({s.clip_id for f in fold_data for s in f.train + f.test})
     missing = [c for c in universe if c not in available]
@@ -106,7 +118,7 @@ def run(
             f"{data} (e.g. {universe[0]!r}); was it built from the dataset root?"
         )
     ids = [c for c in universe if c in available]
-    source = FeatureSource(features, bundle if features != "logmel-stats" else None, role, seed=0)
+    source = FeatureSource(eval_controls.source_kind(features), bundle if needs_bundle else None, role, seed=0)
     if protocol == "finetune":
         if features != "encoder" or ds.modality not in ("audio", "video") or ds.metric != "top1":
             raise UsageError("finetune runs a pretrained encoder on a single-modality, single-label dataset")
@@ -133,7 +145,8 @@ def run(
         "role": role,
         "features": features,
         "metric": key,
-        "encoder": str(bundle) if features != "logmel-stats" else None,
+        "chance": ds.chance,  # top-1 of a guess on balanced classes (None for mAP)
+        "encoder": str(bundle) if needs_bundle else None,
         "encoder_digest": source.digest("audio" if ds.modality == "audio" else "video"),
         "preset": preset,
         "variant": bundle_cfg.get("variant"),
@@ -150,7 +163,9 @@ def run(
         metrics["note"] = f"smoke test of the code path on {len(ids)} sample clips, not a benchmark"
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    tmp = out / ".metrics.json.tmp"  # renamed into place: a kill mid-write never leaves a truncated metrics.json
+    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "metrics.json")
     _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_parent)
     return metrics
 
@@ -187,7 +202,9 @@ def _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_paren
 
 def parser() -> argparse.ArgumentParser:
     ap = step_parser("components.evaluate", __doc__)
-    ap.add_argument("--encoder", default="", help="encoder bundle directory (not needed for logmel-stats)")
+    ap.add_argument(
+        "--encoder", default="", help="encoder bundle directory (not needed for logmel-stats / pixel-stats)"
+    )
     ap.add_argument(
         "--role",
         default="student",
@@ -204,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--features",
         default="encoder",
-        choices=("encoder", "random-init", "logmel-stats"),
+        choices=eval_controls.FEATURES,
         help="the bundle's encoder, or a control through the same code path",
     )
     ap.add_argument(

@@ -3,11 +3,12 @@
     python -m components.pretrain --config configs/pretrain/<name>.yaml --clips DIR --spectrograms DIR \
         --output DIR [--max-steps N] [--set section.key=value ...] [--mlflow-parent RUN_ID]
 
-Resumes automatically from the newest checkpoint in --output when the stored config hash matches (one
-clear error otherwise); a run killed at any moment and restarted with the same command ends with the
-same weights, bit for bit, as an uninterrupted one (CPU): data views are seeded per (seed, epoch, sample
-position), masks per (seed, step, rank, micro-step), and checkpoints are atomic. The step itself is
-`xkd.train.engine.train_step`; this module wires config -> data -> engine -> checkpoints -> MLflow -> export.
+Resumes automatically from the newest checkpoint in --output when the stored config hash matches (one clear
+error otherwise; an output without a checkpoint yet starts over with the new config); a run killed at any
+moment and restarted with the same command ends with the same weights, bit for bit, as an uninterrupted one
+(CPU): data views are seeded per (seed, epoch, sample position), masks per (seed, step, rank, micro-step), and
+checkpoints are atomic. The step itself is `xkd.train.engine.train_step`; this module wires config -> data ->
+engine -> checkpoints -> MLflow -> export.
 """
 
 from __future__ import annotations
@@ -41,13 +42,22 @@ def run(
     from xkd.tracking import runs as tracking
     from xkd.tracking.plots import plot_loss_curves
     from xkd.train import checkpoint
-    from xkd.train.config import load_config
+    from xkd.train.config import check_caches, load_config
     from xkd.train.distributed import Distributed, autocast_and_scaler
     from xkd.train.engine import Schedule, Trainer, resume
 
+    tracking.check_store()  # a dead or unsupported tracking store is one line now, before any work
     overrides = list(overrides) + ([f"train.max_steps={max_steps}"] if max_steps is not None else [])
+    # Everything a user can get wrong is checked before --output is touched: the config, the output path,
+    # the caches and whether they hold enough clips for one step.
     cfg = load_config(config, overrides)
-    ddp, out = Distributed(), Path(output)
+    out = Path(output)
+    checkpoint.check_output(out)
+    check_caches(cfg, clips, spectrograms)
+    ddp = Distributed()
+    full, data, train_ids, held_ids = _datasets(cfg, clips, spectrograms)
+    sampler = EpochSampler(len(data), ddp.world, ddp.rank, seed=cfg.train.seed)
+    schedule = Schedule.plan(cfg, len(data), len(sampler), ddp.world)
     state = checkpoint.prepare_output(out, cfg, ddp.main)
     ddp.barrier()
     torch.manual_seed(cfg.train.seed)
@@ -55,10 +65,6 @@ def run(
     m = cfg.model
     opt = xkd_model.build_optimizer(net, m.lr, m.weight_decay, m.betas, m.decay_pos_tokens)
     autocast, scaler, precision = autocast_and_scaler(cfg, ddp.device)
-
-    full, data, train_ids, held_ids = _datasets(cfg, clips, spectrograms)
-    sampler = EpochSampler(len(data), ddp.world, ddp.rank, seed=cfg.train.seed)
-    schedule = Schedule.plan(cfg, len(data), len(sampler), ddp.world)
     trainer = resume(out, net, opt, scaler, ddp)
     if ddp.main:
         split = {"train": train_ids, "holdout": held_ids, "excluded": full.excluded}
@@ -87,6 +93,7 @@ def run(
             xkd_model.export_bundle(net, out / "final", step=str(step))
             plot_loss_curves(out / "metrics.jsonl", out / "loss_curves.png")
             tracking.log_png(out / "loss_curves.png", "plots")
+            logger.close()  # metrics the store missed: exit 2 naming the pending file (a rerun sends them)
     return out / "final"
 
 
@@ -110,7 +117,8 @@ def _metric_logger(out: Path, state: dict, run_id: str, step: int):
     state["mlflow_run_id"] = run_id
     (out / "run.json").write_text(json.dumps(state, indent=2) + "\n")
     truncate_metrics(out / "metrics.jsonl", step)
-    return MetricLogger(run_id, check_finite=False)
+    # unsent metrics wait in pending_metrics.jsonl beside the checkpoints; those up to `step` are replayed
+    return MetricLogger(run_id, check_finite=False, pending=out / "pending_metrics.jsonl", resume_step=step)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ def run(metrics: list[str], output: str, *, pretrain: str | None = None, mlflow_
     from xkd.evaluation.report import find_metrics, plot_folds, plot_scores, render
     from xkd.tracking import runs as tracking
 
+    tracking.check_store()  # a dead or unsupported tracking store is one line now, before any work
     found = find_metrics(list(metrics))
     found.sort(key=lambda m: (m["dataset"], m["protocol"], m["features"] != "encoder", m["features"]))
     out = Path(output)

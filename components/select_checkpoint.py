@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,14 +33,16 @@ def run(
     mlflow_parent: str | None = None,
 ) -> dict:
     import mlflow
-    import yaml
 
     from xkd.tracking import lineage, registry
     from xkd.tracking import runs as tracking
     from xkd.train import checkpoint, selection
-    from xkd.train.config import build_config
+    from xkd.train.config import check_caches
 
+    tracking.check_store()  # a dead or unsupported tracking store is one line now, before any scoring
     pre, out = Path(pretrain), Path(output)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
     ckpts = checkpoint.checkpoint_dirs(pre)
     if not ckpts:
         raise UsageError(f"no checkpoint in {pre / 'checkpoints'}; run components.pretrain first")
@@ -49,14 +52,22 @@ def run(
             f"{pre} held out no clips (data.holdout_fraction = 0): nothing to score on without "
             "touching a test split; pretrain with a hold-out"
         )
-    cfg = build_config(yaml.safe_load((pre / "config.yaml").read_text()))
+    cfg = _pretrain_config(pre)
+    check_caches(cfg, clips, spectrograms)
+    for ck in ckpts:  # a damaged checkpoint or bundle is refused now, not after scoring the ones before it
+        checkpoint.verify(ck)
     batches = selection.held_out_batches(cfg, clips, spectrograms, held, batch_size)
     candidates = selection.score_checkpoints(cfg, ckpts, batches)
     winner = selection.winner(candidates)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = out / "bundle"
+    # selection.json is the mark of a finished selection: gone while bundle/ changes, written last (renamed into
+    # place), so a kill at any point never leaves it beside a half-copied or another run's bundle
+    marker, bundle, staging = out / "selection.json", out / "bundle", out / ".bundle.tmp"
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's half copy
+    shutil.copytree(pre / "checkpoints" / winner["checkpoint"] / "bundle", staging)
     shutil.rmtree(bundle, ignore_errors=True)
-    shutil.copytree(pre / "checkpoints" / winner["checkpoint"] / "bundle", bundle)
+    os.replace(staging, bundle)
     result = {
         "rule": selection.RULE,
         "holdout_clips": held,
@@ -94,9 +105,26 @@ def run(
             )
             lineage.tag_model_version(registry.NAME, version, records)
             result["registered"] = {"name": registry.NAME, "version": int(version), "alias": registry.ALIAS}
-        (out / "selection.json").write_text(json.dumps(result, indent=2) + "\n")
-        mlflow.log_artifact(str(out / "selection.json"))
+        tmp = out / ".selection.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, marker)
+        mlflow.log_artifact(str(marker))
     return result
+
+
+def _pretrain_config(pre: Path):
+    """The config pretraining recorded (config.yaml), validated like a new one."""
+    import yaml
+
+    from xkd.train.config import build_config
+
+    try:
+        raw = yaml.safe_load((pre / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{pre} has no config.yaml; pass a components.pretrain output directory") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UsageError(f"{pre / 'config.yaml'} is corrupt ({' '.join(str(err).split())[:200]})") from None
+    return build_config(raw)
 
 
 def parser() -> argparse.ArgumentParser:

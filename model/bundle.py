@@ -3,23 +3,33 @@
 Each file's safetensors metadata carries everything needed to rebuild the encoder (modality, role,
 variant, preset, width, depth, heads, patch/tubelet size, input size, ...), so `load_encoder(file)`
 needs nothing else. The only file I/O of the package lives here and in `convert_official`.
+
+Loading verifies what it reads: the tensor names and shapes against the encoder the metadata describes,
+every value finite and of a plausible size, and the sha256 of the tensors (`tensors_sha256`, written at
+export) against the tensors read, so a flipped byte or an edited weight is an error naming the file, not
+wrong features. `verify_bundle(dir)` checks a whole bundle (config.json included) before a step starts work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from .config import EncoderConfig, XKDConfig
+from .config import EncoderConfig, XKDConfig, from_dict
 from .encoder import Encoder
 
 FORMAT = "xkd-encoder/1"
 ROLES = ("student", "teacher")
+MODALITIES = ("video", "audio")
+DIGEST_KEY = "tensors_sha256"
+# Trained ViT weights are O(1); a value this large is damage (e.g. a corrupted float16 exponent), not learning.
+MAX_ABS = 1e4
 
 
 class BundleError(ValueError):
@@ -57,7 +67,8 @@ def save_encoder(
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=encoder_metadata(encoder, role, variant, preset, **extra))
+    meta = {**encoder_metadata(encoder, role, variant, preset, **extra), DIGEST_KEY: tensor_digest(tensors)}
+    save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)  # atomic: a reader never sees half a file
     return path
 
@@ -93,18 +104,85 @@ def encoder_config_from_metadata(meta: dict) -> EncoderConfig:
     )
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors sorted by name (name, dtype, shape, bytes): what `tensors_sha256` records."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
-    """Rebuild an encoder from a bundle file alone; `encoder.bundle_meta` holds the decoded metadata."""
+    """Rebuild an encoder from a bundle file alone, verified (see the module docstring);
+    `encoder.bundle_meta` holds the decoded metadata."""
     meta = read_metadata(path)
-    enc = Encoder(encoder_config_from_metadata(meta), init=False)
-    missing, unexpected = load_model(enc, str(path), strict=False, device=str(device))
+    try:
+        enc = Encoder(encoder_config_from_metadata(meta), init=False)
+    except (KeyError, TypeError, ValueError) as e:  # ConfigError is a ValueError
+        raise BundleError(f"{path}: metadata does not describe an encoder ({type(e).__name__}: {e})") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged data
+        raise BundleError(f"{path}: unreadable tensors ({e})") from None
+    _check_tensors(path, enc, tensors, meta)
+    enc.load_state_dict(tensors, strict=True)
+    enc.bundle_meta = meta
+    return enc.to(device)
+
+
+def _check_tensors(path, enc: Encoder, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    expected = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise BundleError(
             f"{path}: tensors do not match the encoder described by its metadata "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    enc.bundle_meta = meta
-    return enc.to(device)
+    for name in sorted(tensors):
+        t = tensors[name]
+        if tuple(t.shape) != expected[name]:
+            raise BundleError(f"{path}: {name} has shape {tuple(t.shape)}, the metadata's encoder {expected[name]}")
+        if not t.is_floating_point():
+            raise BundleError(f"{path}: {name} holds {t.dtype}, not floating-point weights")
+        if not torch.isfinite(t).all():
+            raise BundleError(f"{path}: {name} holds non-finite values (NaN/inf): the file is damaged")
+        if t.numel() and t.abs().max() > MAX_ABS:
+            raise BundleError(f"{path}: {name} holds |values| up to {float(t.abs().max()):.3g}: the file is damaged")
+    # Bundles written before the digest existed have no `tensors_sha256`: they load with the checks above only.
+    if DIGEST_KEY in meta and tensor_digest(tensors) != meta[DIGEST_KEY]:
+        raise BundleError(f"{path}: the tensors differ from the sha256 written at export: the file is damaged")
+
+
+def verify_bundle(bundle_dir: str | Path, roles: tuple[str, ...] = ROLES) -> dict:
+    """Check a bundle directory before a step starts work: config.json is a valid model config, and every
+    encoder file of `roles` loads verified and matches it. Returns config.json's content."""
+    bundle_dir = Path(bundle_dir)
+    cfg_file = bundle_dir / "config.json"
+    try:
+        raw = json.loads(cfg_file.read_text())
+        cfg = from_dict(raw)
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir} is not an encoder bundle (no config.json)") from None
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:  # JSON, ConfigError, not a mapping
+        raise BundleError(f"{cfg_file} is corrupt or not a model config ({' '.join(str(e).split())[:200]})") from None
+    for modality in MODALITIES:
+        want = cfg.encoder(modality)
+        for role in roles:
+            path = bundle_dir / f"{modality}_{role}.safetensors"
+            if not path.is_file():
+                raise BundleError(f"{bundle_dir} is not a complete encoder bundle (no {path.name})")
+            enc = load_encoder(path)
+            meta = enc.bundle_meta
+            shape = ("width", "depth", "heads", "patch", "input_size", "mlp_ratio")  # ln_eps may differ (converted)
+            if (
+                any(getattr(enc.cfg, k) != getattr(want, k) for k in shape)
+                or (meta.get("modality"), meta.get("role")) != (modality, role)
+                or (meta.get("variant"), meta.get("preset")) != (cfg.variant, cfg.preset)
+            ):
+                raise BundleError(f"{path}: its metadata does not match {cfg_file}; the bundle is mixed up or damaged")
+    return raw
 
 
 def export_bundle(model: nn.Module, out_dir: str | Path, **extra) -> dict[str, Path]:

@@ -10,6 +10,7 @@ from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 from kfp.dsl.pipeline_channel import PipelineChannel
 
+from pipelines.flags import strict_bool
 from pipelines.images import PLACEHOLDER_IMAGE, validate_image
 from pipelines.k8s import (
     DATA_MOUNT,
@@ -124,7 +125,7 @@ def build_pipeline(
         extract_sample_rate: int = int(ex.get("sample_rate", SAMPLE_RATE)),
         extract_min_duration: float = float(ex.get("min_duration", 1.0)),
         extract_workers: int = int(ex.get("workers", 4)),
-        extract_require_audio: bool = bool(ex.get("require_audio", False)),
+        extract_require_audio: bool = strict_bool(ex.get("require_audio", False), "extract.require_audio"),
         spectrogram_min_duration: float = float(sp.get("min_duration", 1.0)),
         spectrogram_workers: int = int(sp.get("workers", 4)),
         pretrain_config: str = pre.get("config", "configs/pretrain/tiny.yaml"),

@@ -46,6 +46,7 @@ def extract_clips(
     import os
 
     from components import extract_clips as step
+    from pipelines.flags import strict_bool
 
     output = os.path.join(cache_dir, os.path.basename(part_list).rsplit(".", 1)[0])
     step.run(
@@ -56,7 +57,7 @@ def extract_clips(
         sample_rate=sample_rate,
         min_duration=min_duration,
         workers=workers,
-        require_audio=require_audio,
+        require_audio=strict_bool(require_audio, "require_audio"),  # a string "false" must not mean true
     )
     return output
 

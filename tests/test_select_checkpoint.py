@@ -7,9 +7,10 @@ import json
 import pytest
 import yaml
 
+import model as xkd_model
 from components import select_checkpoint
 from xkd.data.pretrain_dataset import ViewConfig
-from xkd.train import selection
+from xkd.train import checkpoint, selection
 from xkd.train.config import load_config
 
 
@@ -21,7 +22,8 @@ def test_selection_uses_the_pretraining_view_config(tmp_path, micro_clips, monke
     # A pretraining run whose views differ from every ViewConfig default that selection could fall back to.
     cfg = load_config("tiny", ["data.on_unreadable=skip", "data.blur_sigma=sampled"])
     pre = tmp_path / "pretrain"
-    (pre / "checkpoints" / "ckpt-00000001").mkdir(parents=True)
+    # a real checkpoint: selection verifies every checkpoint before it builds batches or scores
+    checkpoint.save(pre, xkd_model.build(cfg.model), {"step": 1, "epoch": 0, "batch_in_epoch": 1}, keep=1)
     (pre / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
     (pre / "holdout.json").write_text(json.dumps({"train": [], "holdout": ["x"], "excluded": {}}))
     seen = {}

@@ -215,3 +215,132 @@ def test_parent_race_nests_under_the_winner(store, tmp_path, monkeypatch):
     assert tracking.parent_run_id(outputs_dir=out) == winner
     after = {r.info.run_id for r in store.search_runs([tracking.experiment_id()])}
     assert after == before  # the loser's parent run was deleted, not left dangling
+
+
+PASSWORD = "Sup3r-s3cret-pw"
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:  # bound, then released: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def reconnect(store):
+    """For tests that connect() elsewhere: the module's store is connected again afterwards."""
+    uri = tracking._connected["uri"]
+    yield
+    tracking.connect(uri)
+
+
+def test_file_store_uri_and_plain_directory_work(tmp_path, monkeypatch, reconnect):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # MLflow 3 refuses its file store without it
+    monkeypatch.chdir(tmp_path)
+    for given, expected in (
+        ((tmp_path / "a").as_uri(), tmp_path / "a"),
+        ("relative/store", tmp_path / "relative/store"),
+    ):
+        uri = tracking.connect(given)
+        assert uri == expected.as_uri()  # a plain directory is anchored: every step means the same one
+        parent = tracking.parent_run_id(outputs_dir=tmp_path / expected.name)
+        with tracking.step_run("eval", parent) as run:
+            tracking.log_params_flat({"dataset": "esc10"})
+            with tracking.MetricLogger(run.info.run_id) as metrics:
+                metrics.log(1, top1=50.0)
+        got = mlflow.MlflowClient(uri).get_run(run.info.run_id)
+        assert got.data.params == {"dataset": "esc10"} and got.data.metrics == {"top1": 50.0}
+        assert got.info.status == "FINISHED" and (expected / tracking.experiment_id()).is_dir()
+
+
+def test_unwritable_file_store_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="not a writable directory") as err:
+        tracking.connect((tmp_path / "file" / "store").as_uri())
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "driver", "package"),
+    [
+        ("postgresql", "psycopg", "psycopg"),  # SQLAlchemy 2.1's default PostgreSQL driver
+        ("postgresql+psycopg2", "psycopg2", "psycopg2-binary"),
+        ("mysql+pymysql", "pymysql", "PyMySQL"),
+    ],
+)
+def test_sql_store_names_its_missing_driver_and_never_the_password(scheme, driver, package):
+    import importlib.util
+
+    uri = f"{scheme}://bob:{PASSWORD}@127.0.0.1:{_dead_port()}/mlflow"
+    with pytest.raises(UsageError) as err:
+        tracking.connect(uri)
+    message = str(err.value)
+    if importlib.util.find_spec(driver) is None:  # the image ships neither: refused, naming what to install
+        assert f"needs the database driver {driver}, which is not installed (pip install {package})" in message
+    else:  # with the driver, the preflight reaches for the database port
+        assert "is unreachable" in message
+    assert PASSWORD not in message and "bob:***" not in message and "://***@127.0.0.1" in message
+    assert "\n" not in message
+
+
+def test_unsupported_store_is_refused_in_one_line():
+    with pytest.raises(UsageError, match=r"ftp://\*\*\*@host/x is not supported here; use sqlite:///PATH"):
+        tracking.connect(f"ftp://bob:{PASSWORD}@host/x")
+
+
+def test_credentials_are_masked_in_errors(monkeypatch):
+    monkeypatch.setattr(tracking, "CONNECT_TIMEOUT_S", 2.0)
+    port = _dead_port()
+    with pytest.raises(UsageError) as err:
+        tracking.connect(f"http://alice:{PASSWORD}@127.0.0.1:{port}")
+    assert str(err.value).startswith(f"MLflow tracking server http://***@127.0.0.1:{port} is unreachable")
+    assert PASSWORD not in str(err.value)
+    assert tracking.redact(f"postgresql://u:{PASSWORD}@h/db?password={PASSWORD}") == (
+        "postgresql://***@h/db?password=***"
+    )
+
+
+def test_training_logger_survives_a_dead_store_and_replays_after_resume(store, parent, tmp_path, monkeypatch, capsys):
+    with tracking.step_run("pretrain", parent) as run:
+        run_id = run.info.run_id
+    pending, real = tmp_path / "pending_metrics.jsonl", tracking._connected["uri"]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once: keeps the test short
+    monkeypatch.setitem(tracking._connected, "uri", f"http://alice:{PASSWORD}@127.0.0.1:{_dead_port()}")
+    logger = tracking.MetricLogger(run_id, flush_every=2, check_finite=False, pending=pending)
+    for step in range(1, 5):  # flushes after steps 2 and 4 fail: no exception, training goes on
+        logger.log(step, loss=1.0 / step)
+    assert logger.flush() is False and logger.unsent == 4
+    err = capsys.readouterr().err
+    assert err.count("warning: MLflow tracking store") == 1 and len(err.strip().splitlines()) == 1
+    assert f"unsent metrics wait in {pending}" in err and PASSWORD not in err
+    assert [json.loads(line)["step"] for line in pending.read_text().splitlines()] == [1, 2, 3, 4]
+
+    # the process dies; the restart resumes from the step-3 checkpoint and logs step 4 again itself
+    monkeypatch.setitem(tracking._connected, "uri", real)
+    again = tracking.MetricLogger(run_id, check_finite=False, pending=pending, resume_step=3)
+    assert again.unsent == 3
+    again.log(4, loss=0.25)
+    again.close()
+    assert sorted(m.step for m in store.get_metric_history(run_id, "loss")) == [1, 2, 3, 4]
+    assert not pending.exists()
+    again.persist()  # replaying values already stored adds nothing: MLflow keeps one of identical metrics
+    tracking.MetricLogger(run_id, pending=pending).close()
+    assert len(store.get_metric_history(run_id, "loss")) == 4
+
+
+def test_training_logger_never_waits_longer_than_its_timeout(store, parent, tmp_path, capsys):
+    with tracking.step_run("pretrain", parent) as run:
+        run_id = run.info.run_id
+    with socket.socket() as hung:  # accepts connections (backlog) but never answers: a hung server
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setitem(tracking._connected, "uri", f"http://127.0.0.1:{hung.getsockname()[1]}")
+            logger = tracking.MetricLogger(run_id, pending=tmp_path / "p.jsonl", flush_timeout=1.0)
+            logger.log(1, loss=1.0)
+            t0 = time.monotonic()
+            assert logger.flush() is False
+            assert logger.flush() is False  # the first flush still waits on the server: no second one piles up
+            assert time.monotonic() - t0 < 3
+    assert "no answer within 1 s" in capsys.readouterr().err
+    assert json.loads((tmp_path / "p.jsonl").read_text())["step"] == 1

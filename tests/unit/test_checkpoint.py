@@ -28,9 +28,10 @@ def _names(output) -> list[str]:
 def test_save_load_round_trip_restores_weights_trainer_state_and_rngs(tmp_path):
     net = _net(0)
     trainer = {"step": 40, "optimizer": {"state": {0: {"exp_avg": torch.arange(3.0)}}}, "run_id": "abc", "epoch": 2}
+    trainer["batch_in_epoch"] = 3  # a resume continues from this data position
     final = checkpoint.save(tmp_path, net, trainer, keep=3)
     assert final == tmp_path / "checkpoints" / "ckpt-00000040"
-    assert {p.name for p in final.iterdir()} == {"model.safetensors", "trainer.pt", "bundle"}
+    assert {p.name for p in final.iterdir()} == {"model.safetensors", "trainer.pt", "bundle", "checksums.json"}
     assert {p.name for p in (final / "bundle").iterdir()} == BUNDLE_FILES
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))  # the temporary directory was renamed
     # the global RNG draws right after the save are what a resumed run must draw next
@@ -76,7 +77,7 @@ def test_newest_k_are_kept_and_the_same_step_is_replaced_whole(tmp_path):
 
 def test_remove_partial_drops_a_half_written_checkpoint_and_nothing_else(tmp_path):
     net = _net(0)
-    checkpoint.save(tmp_path, net, {"step": 10}, keep=3)
+    checkpoint.save(tmp_path, net, {"step": 10, "epoch": 0, "batch_in_epoch": 10}, keep=3)
     half = tmp_path / "checkpoints" / ".tmp-ckpt-00000020"  # a kill between the writes and the rename
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"\0" * 100)

@@ -3,6 +3,18 @@
 Every dataset is read from its caches under `--data DIR` (`DIR/clips`, `DIR/spectrograms`, built by the
 same extract/spectrogram steps) and its official split lists in data/splits/. A sample's `clip_id` is
 its path relative to the dataset root without the extension, which is how the cache names it.
+
+Two learning-proof datasets take their samples, labels and folds from the cache itself (no split list):
+- `fsdd` (audio): any folder of Free Spoken Digit Dataset files `{digit}_{speaker}_{index}.wav`, cached with
+  `python -m components.cache_spectrograms --input FOLDER --output DIR/spectrograms --min-duration 0.1`
+  (FSDD recordings last 0.16-2.2 s: the default 1 s minimum would reject most; the evaluation views pad
+  them to the 4 s window). Label = digit; one fold per speaker present, in sorted name order (fold k
+  tests speaker k, the probe trains on the others, and the validation carve holds out whole speakers).
+- `digits-video` (video): the `{digit}_{image:04d}_{k}.mp4` renderings of components.build_avdigits,
+  cached with `python -m components.extract_clips --input DIR/digits-video --output DIR/clips`. Label =
+  digit, group = the digit image (all renderings k of one image on the same side); 5 folds: per digit,
+  its images ordered by sha256 of "<digit>_<image>" are dealt round-robin into folds 1..5, so every
+  fold holds about a fifth of each digit's images whatever the numbering of the images.
 """
 
 from __future__ import annotations
@@ -10,10 +22,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from xkd.data.cache_build import MANIFEST
+from xkd.data.cache_build import MANIFEST, read_manifest
 from xkd.data.splits import load_split
 from xkd.errors import UsageError
 from xkd.paths import REPO
@@ -31,26 +43,38 @@ class Fold:
     fold: int
     train: list[Sample]
     test: list[Sample]
+    meta: dict = field(default_factory=dict)  # what the fold holds out (recorded in metrics.json)
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
     modality: str  # video | audio | audio+video
-    folds: tuple[int, ...]
+    folds: tuple[int, ...]  # () where the folds come from the data (`fold_numbers`)
     metric: str = "top1"  # top1 | map
     smoke: bool = False  # a smoke test only (tiny, not a benchmark)
+    classes: int | None = None  # single-label class count: chance level = 100 / classes
 
+    @property
+    def chance(self) -> float | None:
+        """Top-1 of a constant or random guess on balanced classes, in %; None for multi-label mAP."""
+        return 100.0 / self.classes if self.classes and self.metric == "top1" else None
+
+
+DIGITS_VIDEO_FOLDS = 5
+CACHE_LABELLED = ("fsdd", "digits-video")  # samples, labels and folds read from the cache (file names)
 
 DATASETS = {
-    "esc10": DatasetInfo("esc10", "audio", (1, 2, 3, 4, 5)),
-    "esc50": DatasetInfo("esc50", "audio", (1, 2, 3, 4, 5)),
-    "ucf101": DatasetInfo("ucf101", "video", (1, 2, 3)),
-    "hmdb51": DatasetInfo("hmdb51", "video", (1, 2, 3)),
-    "kinetics400": DatasetInfo("kinetics400", "video", (1,)),
-    "kinetics_sound": DatasetInfo("kinetics_sound", "audio+video", (1,)),
+    "esc10": DatasetInfo("esc10", "audio", (1, 2, 3, 4, 5), classes=10),
+    "esc50": DatasetInfo("esc50", "audio", (1, 2, 3, 4, 5), classes=50),
+    "ucf101": DatasetInfo("ucf101", "video", (1, 2, 3), classes=101),
+    "hmdb51": DatasetInfo("hmdb51", "video", (1, 2, 3), classes=51),
+    "kinetics400": DatasetInfo("kinetics400", "video", (1,), classes=400),
+    "kinetics_sound": DatasetInfo("kinetics_sound", "audio+video", (1,), classes=32),
     "fsd50k": DatasetInfo("fsd50k", "audio", (1,), metric="map"),
-    "samples-av": DatasetInfo("samples-av", "video", (1, 2), smoke=True),
+    "samples-av": DatasetInfo("samples-av", "video", (1, 2), smoke=True, classes=8),
+    "fsdd": DatasetInfo("fsdd", "audio", (), classes=10),  # one fold per speaker in the cache
+    "digits-video": DatasetInfo("digits-video", "video", tuple(range(1, DIGITS_VIDEO_FOLDS + 1)), classes=10),
 }
 
 
@@ -123,10 +147,22 @@ def parse_folds(folds: str | int | list[int] | None) -> list[int] | None:
     return [int(f) for f in folds]
 
 
-def load_fold(name: str, fold: int) -> Fold:
-    ds = info(name)
-    if fold not in ds.folds:
-        raise UsageError(f"{name} has folds/splits {list(ds.folds)}, not {fold}")
+def fold_numbers(name: str, data: str | Path | None = None) -> list[int]:
+    """Every fold of `name` ("all"): the fixed list, or for fsdd one per speaker found in the cache at `data`."""
+    if name == "fsdd":
+        return list(range(1, len(_fsdd_speakers(data)) + 1))
+    return list(info(name).folds)
+
+
+def load_fold(name: str, fold: int, data: str | Path | None = None) -> Fold:
+    """Fold `fold` of `name`; fsdd and digits-video read their samples from the cache under `data`."""
+    numbers = fold_numbers(name, data)
+    if fold not in numbers:
+        raise UsageError(f"{name} has folds/splits {numbers}, not {fold}")
+    if name == "fsdd":
+        return _fsdd(data, fold)
+    if name == "digits-video":
+        return _digits_video(data, fold)
     if name == "esc10":
         return _esc(REPO / "data/samples/esc10/esc10_labels.csv", fold, lambda r: _stem(r["filename"]))
     if name == "esc50":
@@ -153,6 +189,94 @@ def _fsd50k(fold: int) -> Fold:
     )
 
 
+FSDD_NAME = re.compile(r"(?P<digit>[0-9])_(?P<speaker>[^_/]+)_(?P<index>[0-9]+)")
+DIGITS_VIDEO_NAME = re.compile(r"(?P<digit>[0-9])_(?P<image>[0-9]{4,})_(?P<k>[0-9]+)")
+
+
+def _named_samples(name: str, data: str | Path | None, pattern: re.Pattern, layout: str) -> list[tuple[dict, str]]:
+    """(match groups, clip id) of every sample in the dataset's cache; the file name (the clip id's last
+    part, without an extension the cache kept to keep ids unique) must match `pattern`."""
+    if data is None:
+        raise UsageError(f"{name} reads its samples and folds from its cache: pass --data DIR")
+    clips, specs = cache_dirs(name, data)
+    cache = specs if specs is not None else clips
+    parsed, bad = [], []
+    for entry in read_manifest(cache):
+        cid = entry["clip_id"]
+        base = PurePosixPath(cid).name
+        m = pattern.fullmatch(base) or pattern.fullmatch(PurePosixPath(base).stem)
+        if m is None:
+            bad.append(cid)
+        else:
+            parsed.append((m.groupdict(), cid))
+    if bad:
+        raise UsageError(
+            f"{name}: {len(bad)} of {len(bad) + len(parsed)} samples in {cache} are not named {layout} "
+            f"(e.g. {bad[0]!r}); build the cache from a folder of such files only"
+        )
+    if not parsed:
+        raise UsageError(f"{name}: the cache {cache} holds no samples")
+    return parsed
+
+
+def _fsdd_samples(data) -> list[tuple[str, Sample]]:
+    """(speaker, sample): label = digit, group = speaker (the validation carve holds out whole speakers)."""
+    rows = _named_samples("fsdd", data, FSDD_NAME, "{digit}_{speaker}_{index}.wav (the FSDD layout)")
+    return [(g["speaker"], Sample(cid, int(g["digit"]), g["speaker"])) for g, cid in rows]
+
+
+def _fsdd_speakers(data) -> list[str]:
+    speakers = sorted({spk for spk, _ in _fsdd_samples(data)})
+    if len(speakers) < 3:  # one to test, and the training split needs one to fit and one to validate on
+        raise UsageError(
+            f"fsdd is evaluated leave-one-speaker-out and needs recordings of at least 3 speakers; "
+            f"the cache under {data} has {len(speakers)} ({', '.join(speakers)})"
+        )
+    return speakers
+
+
+def _fsdd(data, fold: int) -> Fold:
+    """Leave-one-speaker-out: fold k tests the k-th speaker (sorted names) and trains on all the others."""
+    speakers = _fsdd_speakers(data)
+    held_out = speakers[fold - 1]
+    samples = _fsdd_samples(data)
+    return Fold(
+        fold,
+        [s for spk, s in samples if spk != held_out],
+        [s for spk, s in samples if spk == held_out],
+        {"held_out_speaker": held_out, "train_speakers": [s for s in speakers if s != held_out]},
+    )
+
+
+def digits_video_fold_of(samples: list[Sample]) -> dict[str, int]:
+    """Fold (1..5) of every image group: per digit, images ordered by sha256 of the group, dealt round-robin."""
+    by_digit: dict[int, set[str]] = {}
+    for s in samples:
+        by_digit.setdefault(int(s.label), set()).add(s.group)
+    fold_of = {}
+    for groups in by_digit.values():
+        for rank, g in enumerate(sorted(groups, key=lambda g: hashlib.sha256(g.encode()).hexdigest())):
+            fold_of[g] = 1 + rank % DIGITS_VIDEO_FOLDS
+    return fold_of
+
+
+def _digits_video(data, fold: int) -> Fold:
+    rows = _named_samples("digits-video", data, DIGITS_VIDEO_NAME, "{digit}_{image:04d}_{k}.mp4 (build_avdigits)")
+    samples = [Sample(cid, int(g["digit"]), f"{g['digit']}_{g['image']}") for g, cid in rows]
+    fold_of = digits_video_fold_of(samples)
+    test_images = sorted(g for g, f in fold_of.items() if f == fold)
+    return Fold(
+        fold,
+        [s for s in samples if fold_of[s.group] != fold],
+        [s for s in samples if fold_of[s.group] == fold],
+        {
+            "held_out": "digit images (<digit>_<image>); every rendering of an image on one side",
+            "rule": "per digit, images ordered by sha256('<digit>_<image>') dealt round-robin into folds 1-5",
+            "test_images": test_images,
+        },
+    )
+
+
 def cache_dirs(name: str, data: str | Path) -> tuple[Path | None, Path | None]:
     """(clips, spectrograms) caches the dataset's modality needs under `data`; a clear error otherwise."""
     ds, root = info(name), Path(data)
@@ -164,10 +288,14 @@ def cache_dirs(name: str, data: str | Path) -> tuple[Path | None, Path | None]:
         if needed and not (p / MANIFEST).exists()
     ]
     if missing:
+        where = (
+            f"configs/eval/{name}.yaml gives the command"
+            if name in CACHE_LABELLED
+            else f"see data/splits/README.md for where the raw {name} files go"
+        )
         raise UsageError(
             f"dataset {name}: no cache at {' and '.join(missing)}; build it with "
-            f"components.extract_clips / components.cache_spectrograms (see data/splits/README.md "
-            f"for where the raw {name} files go)"
+            f"components.extract_clips / components.cache_spectrograms ({where})"
         )
     return (clips if need_video else None), (specs if need_audio else None)
 

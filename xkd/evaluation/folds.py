@@ -66,4 +66,5 @@ def evaluate_fold(
         "n_test": len(test),
         "n_val": len(val_idx),
         "missing_in_cache": len(fold.train) + len(fold.test) - len(train) - len(test),
+        **({"fold_meta": fold.meta} if fold.meta else {}),  # what the fold holds out (speaker, images)
     }

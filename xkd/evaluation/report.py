@@ -46,6 +46,8 @@ def label(m: dict) -> str:
         "encoder": f"{m.get('variant') or 'xkd'} {m['role']}",
         "random-init": "random init (same arch)",
         "logmel-stats": "log-mel statistics",
+        "pixel-stats": "pixel statistics",
+        "shuffled-labels": f"{m.get('variant') or 'xkd'} {m['role']}, shuffled training labels",
     }[m["features"]]
     return f"{m['dataset']} {m['protocol']} - {what}"
 

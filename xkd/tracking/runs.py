@@ -9,26 +9,37 @@
 
 Everything goes through the tracking URI set by `connect()`; a step that forgets to call it gets the
 project's default, never MLflow's own (a `./mlruns` or `./mlflow.db` in whatever directory it runs from).
+
+Stores: sqlite:///, file:// (or a plain directory), http(s):// and, when their driver is installed,
+postgresql:// / mysql:// URIs; anything else is refused in one line by `check_store`, which every step
+calls before its work. Credentials in a URI (`user:password@`, `password=`) never appear in a message or a
+file: everything shown goes through `redact`. A dead server costs seconds, not MLflow's minutes of retries
+(`HTTP_DEFAULTS`), and a training run's `MetricLogger(pending=...)` never waits longer than
+`FLUSH_TIMEOUT_S` for it: unsent metrics wait in a file and are replayed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import socket
 import sqlite3
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 import mlflow
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.validation import (
@@ -37,6 +48,7 @@ from mlflow.utils.validation import (
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
 )
+from tqdm import tqdm
 
 from xkd.errors import UsageError
 from xkd.paths import REPO
@@ -47,6 +59,17 @@ PARENT_ENV = "MLFLOW_PARENT_RUN_ID"
 PARENT_FILE = "mlflow_parent.json"
 # A dead server must fail the step at start in seconds; MLflow's own retries would take minutes.
 CONNECT_TIMEOUT_S = float(os.environ.get("XKD_MLFLOW_CONNECT_TIMEOUT", "5"))
+# The longest a training loop waits for one metrics flush; past it the metrics stay pending and training goes on.
+FLUSH_TIMEOUT_S = float(os.environ.get("XKD_MLFLOW_FLUSH_TIMEOUT", "10"))
+# MLflow's own HTTP defaults (7 retries with backoff factor 2, 120 s per request) keep a call to a dead server
+# going for minutes; these bound it to seconds. Set the variables yourself to override them.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+SQL_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg": "psycopg"}
 
 _connected: dict[str, str] = {}  # {"uri": ..., "experiment_id": ...} of the last successful connect()
 
@@ -60,40 +83,141 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
 
 
+def redact(text) -> str:
+    """`text` with any credentials of a URI in it masked: `scheme://user:pw@host` -> `scheme://***@host`,
+    `password=pw` -> `password=***`."""
+    text = re.sub(r"://[^/\s@'\"]+@", "://***@", str(text))
+    return re.sub(r"(?i)(passw(or)?d=)[^&\s'\"]+", r"\1***", text)
+
+
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(unquote(uri[len("sqlite:///") :].split("?", 1)[0]))
 
 
-def _check_reachable(uri: str) -> None:
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT_S):
-                pass
-        except urllib.error.HTTPError:
-            pass  # the server answered (maybe 401/404 behind a proxy): it is reachable; MLflow reports the rest
-        except (urllib.error.URLError, socket.timeout, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise UsageError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it or set "
-                f"MLFLOW_TRACKING_URI to a reachable store"
-            ) from None
-    elif (path := _sqlite_path(uri)) is not None:
-        try:  # opening creates the file, which is what MLflow would do next anyway
-            with contextlib.closing(sqlite3.connect(path, timeout=CONNECT_TIMEOUT_S)) as db:
-                db.execute("select 1").fetchall()
-        except sqlite3.Error as e:
-            raise UsageError(
-                f"MLflow tracking store {uri} cannot be opened ({e}); check the path or set MLFLOW_TRACKING_URI"
-            ) from None
+def _scheme(uri: str) -> str:
+    return urlparse(uri).scheme.lower()  # "" for a plain path
+
+
+def _check_http(uri: str) -> None:
+    parts = urlparse(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # credentials travel in a header, never in the health URL
+    health = parts._replace(netloc=netloc).geturl().rstrip("/") + "/health"
+    request = urllib.request.Request(health)
+    if parts.username is not None:
+        import base64
+
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        pass  # the server answered (maybe 401/404 behind a proxy): it is reachable; MLflow reports the rest
+    except (urllib.error.URLError, socket.timeout, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UsageError(
+            f"MLflow tracking server {redact(uri)} is unreachable ({redact(reason)}); start it or set "
+            f"MLFLOW_TRACKING_URI to a reachable store"
+        ) from None
+
+
+def _check_sqlite(uri: str, path: Path) -> None:
+    try:  # opening creates the file, which is what MLflow would do next anyway
+        with contextlib.closing(sqlite3.connect(path, timeout=CONNECT_TIMEOUT_S)) as db:
+            db.execute("select 1").fetchall()
+    except sqlite3.Error as e:
+        raise UsageError(
+            f"MLflow tracking store {redact(uri)} cannot be opened ({e}); check the path or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def _check_file_store(uri: str) -> None:
+    root = Path(unquote(urlparse(uri).path))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"MLflow file store {redact(uri)} is not a writable directory ({e.strerror or e}); check the path "
+            "or set MLFLOW_TRACKING_URI"
+        ) from None
+    # MLflow 3 refuses its file store unless asked; a file:// URI set by the user is that request
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
+def _check_sql(uri: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+        url.get_dialect().import_dbapi()  # what MLflow's SQLAlchemy store imports first
+    except ModuleNotFoundError as e:
+        package = DRIVER_PACKAGES.get(e.name, e.name)
+        raise UsageError(
+            f"MLflow tracking store {redact(uri)} needs the database driver {e.name}, which is not installed "
+            f"(pip install {package}); or use a sqlite:///, file:// or http(s):// store"
+        ) from None
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        raise UsageError(f"MLflow tracking store URI {redact(uri)} is not a valid database URL ({redact(e)})") from None
+    host, port = url.host or "localhost", url.port or SQL_PORTS.get(url.get_backend_name(), 0)
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"MLflow tracking database {redact(uri)} is unreachable ({e.strerror or e}); start it or set "
+            "MLFLOW_TRACKING_URI to a reachable store"
+        ) from None
+
+
+def check_store(uri: str | None = None) -> str:
+    """Preflight of the tracking store `uri` (default `tracking_uri()`), cheap enough to run before any work:
+    a server that answers, a sqlite file that opens, a writable file-store directory, an installed SQL driver
+    and a database port that accepts. Anything else is one clear UsageError (credentials masked). Returns the
+    URI, a plain directory turned into its absolute file:// form."""
+    uri = uri or tracking_uri()
+    scheme = _scheme(uri)
+    if not scheme:  # a plain path: MLflow's file store, anchored here so every step means the same directory
+        uri, scheme = Path(uri).expanduser().resolve().as_uri(), "file"
+    if scheme in ("http", "https"):
+        _check_http(uri)
+    elif scheme == "sqlite" and (path := _sqlite_path(uri)) is not None:
+        _check_sqlite(uri, path)
+    elif scheme == "file":
+        _check_file_store(uri)
+    elif scheme.split("+", 1)[0] in SQL_PORTS:
+        _check_sql(uri)
+    else:
+        raise UsageError(
+            f"MLflow tracking URI {redact(uri)} is not supported here; use sqlite:///PATH, file:///DIR, "
+            "http(s)://HOST:PORT, postgresql:// or mysql://"
+        )
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    return uri
+
+
+def _credentials_to_env(uri: str) -> str:
+    """An http(s) URI's `user:password@` moved into MLFLOW_TRACKING_USERNAME / _PASSWORD (MLflow sends them
+    as basic auth from there), so that MLflow never holds them in the URI it prints ("View run at ...")
+    and puts in its error messages. Returns the URI without them."""
+    parts = urlparse(uri)
+    if parts.scheme not in ("http", "https") or parts.username is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def connect(uri: str | None = None) -> str:
     """Point MLflow at `uri` (default `tracking_uri()`), fail fast if unreachable, ensure experiment `xkd`
-    and make it current. Returns the URI."""
-    uri = uri or tracking_uri()
-    _check_reachable(uri)
+    and make it current. Returns the URI (an http(s) one without its credentials, which MLflow then takes
+    from the environment)."""
+    uri = _credentials_to_env(check_store(uri))
     client = MlflowClient(uri)
     try:
         exp = client.get_experiment_by_name(EXPERIMENT)
@@ -112,7 +236,7 @@ def connect(uri: str | None = None) -> str:
         mlflow.set_experiment(experiment_id=exp_id)
     except Exception as e:  # any store error here means nothing would be logged: say so in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"MLflow tracking store {uri} is not usable ({first})") from None
+        raise UsageError(f"MLflow tracking store {redact(uri)} is not usable ({redact(first)})") from None
     _connected.update(uri=uri, experiment_id=exp_id)
     return uri
 
@@ -156,7 +280,7 @@ def _checked(run_id: str, where: str) -> str:
         _client().get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise UsageError(
-            f"parent MLflow run {run_id} (from {where}) does not exist in {_connected['uri']}; "
+            f"parent MLflow run {run_id} (from {where}) does not exist in {redact(_connected['uri'])}; "
             f"fix it, or remove it to start a new pipeline run"
         ) from None
     return run_id
@@ -183,7 +307,8 @@ def parent_run_id(create: bool = True, outputs_dir: str | Path = "outputs", cli_
         run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
         tags=_base_tags({"xkd.role": "pipeline"}),
     )
-    record = {"run_id": run.info.run_id, "tracking_uri": _connected["uri"], "experiment_id": experiment_id()}
+    # the file is shared with other steps and may be committed or archived: never the URI's credentials
+    record = {"run_id": run.info.run_id, "tracking_uri": redact(_connected["uri"]), "experiment_id": experiment_id()}
     if _write_exclusive(path, json.dumps(record, indent=2) + "\n"):
         return run.info.run_id
     client.delete_run(run.info.run_id)  # lost the race: nest under the winner's run instead
@@ -226,7 +351,7 @@ def step_run(
             client.get_run(run_id)
         except mlflow.exceptions.MlflowException:
             raise UsageError(
-                f"MLflow run {run_id} to resume does not exist in {_connected['uri']}; use the "
+                f"MLflow run {run_id} to resume does not exist in {redact(_connected['uri'])}; use the "
                 f"tracking store the run started with, or start a fresh output directory"
             ) from None
     run = mlflow.start_run(
@@ -250,7 +375,18 @@ def step_run(
             status = RunStatus.to_string(RunStatus.FINISHED)
         raise
     finally:
-        mlflow.end_run(status=status)
+        try:
+            mlflow.end_run(status=status)
+        except Exception as e:  # a store gone since the start: one line, never masking the step's own error
+            if status != RunStatus.to_string(RunStatus.FINISHED):
+                print(
+                    f"warning: could not mark MLflow run {run.info.run_id} {status} ({_one_line(e)})", file=sys.stderr
+                )
+            else:
+                raise UsageError(
+                    f"the step's work is done but its MLflow run {run.info.run_id} could not be closed in "
+                    f"{redact(_connected.get('uri', ''))} ({_one_line(e)}); rerun the step once the store is back"
+                ) from None
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, object]:
@@ -283,14 +419,64 @@ def log_params_flat(cfg: dict, run_id: str | None = None) -> dict[str, str]:
     return params
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as one short, credential-free line (MLflow's own messages run to many lines)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # MLflow wraps urllib3 wraps the socket error: the socket error is the part a user can act on
+    cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return cause.group(1).strip() if cause else redact(text)[:200]
+
+
+class _FromThread(logging.Filter):
+    """Drops log records of one thread: urllib3 logs every retry of a flush that is allowed to fail."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.thread_name = name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != self.thread_name
+
+
 class MetricLogger:
     """Buffers per-step metrics and writes them with `log_batch` every `flush_every` steps (and on exit).
-    Writes are synchronous, so a store failure raises in the training loop instead of losing metrics."""
 
-    def __init__(self, run_id: str, flush_every: int = 50, check_finite: bool = True):
+    Without `pending`, writes are synchronous, so a store failure raises where the step runs.
+    With `pending` (a file path; training), the store can never stop or hang the caller: each flush runs in a
+    worker thread the caller waits on for at most `flush_timeout` seconds; on failure a one-line warning
+    (once per outage), the metrics stay in the buffer and are sent by a later flush. `persist()` writes the
+    unsent metrics (timestamps included, so a replay of already-stored values is a no-op in MLflow) to
+    `pending`; a new logger on the same file replays those at steps <= `resume_step`, the later ones being
+    logged again by the resumed training."""
+
+    def __init__(
+        self,
+        run_id: str,
+        flush_every: int = 50,
+        check_finite: bool = True,
+        pending: str | Path | None = None,
+        resume_step: int | None = None,
+        flush_timeout: float | None = None,
+    ):
         self.run_id, self.flush_every, self.check_finite = run_id, max(1, flush_every), check_finite
         self._buffer: list[Metric] = []
         self._steps = 0
+        self.pending = Path(pending) if pending is not None else None
+        self.flush_timeout = FLUSH_TIMEOUT_S if flush_timeout is None else flush_timeout
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._failure: str | None = None  # the reason of the current outage, None while the store works
+        if self.pending is not None and self.pending.exists():
+            for line in self.pending.read_text().splitlines():
+                row = json.loads(line)
+                if resume_step is None or row["step"] <= resume_step:
+                    self._buffer.append(Metric(row["key"], row["value"], row["timestamp"], row["step"]))
+
+    @property
+    def unsent(self) -> int:
+        """How many metric values are not in the store yet."""
+        with self._lock:
+            return len(self._buffer)
 
     def log(self, step: int, **metrics) -> None:
         values = {k: float(v) for k, v in metrics.items()}  # float() also takes 0-d tensors and numpy scalars
@@ -307,24 +493,101 @@ class MetricLogger:
                     raise err from flush_error
                 raise err
         ts = int(time.time() * 1000)
-        self._buffer += [Metric(k, v, ts, int(step)) for k, v in values.items()]
+        with self._lock:
+            self._buffer += [Metric(k, v, ts, int(step)) for k, v in values.items()]
+            full = len(self._buffer) >= MAX_METRICS_PER_BATCH
         self._steps += 1
-        if self._steps >= self.flush_every or len(self._buffer) >= MAX_METRICS_PER_BATCH:
+        if self._steps >= self.flush_every or full:
             self.flush()
 
-    def flush(self) -> None:
+    def _send(self) -> None:
+        """Write the buffer's current contents, oldest first; drop only what was written."""
         client = _client()
-        while self._buffer:
-            chunk = self._buffer[:MAX_METRICS_PER_BATCH]
+        with self._lock:
+            todo = len(self._buffer)
+        while todo:
+            with self._lock:  # log() only appends, so the front of the buffer is what this loop owns
+                chunk = self._buffer[: min(todo, MAX_METRICS_PER_BATCH)]
             client.log_batch(self.run_id, metrics=chunk, synchronous=True)
-            del self._buffer[: len(chunk)]  # drop only what was written, so a retry after an error resends
+            with self._lock:
+                del self._buffer[: len(chunk)]
+            todo -= len(chunk)
+
+    def flush(self) -> bool:
+        """Send the buffer. Synchronous mode: raises on a store error. With `pending`: True when everything
+        was sent within `flush_timeout`, else False (training goes on; the buffer is persisted)."""
         self._steps = 0
+        if self.pending is None:
+            self._send()
+            return True
+        if self._worker is not None and self._worker.is_alive():
+            return False  # the previous flush is still waiting on the store: keep buffering
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._send()
+            except Exception as e:  # reported by the caller's thread, in one line
+                errors.append(e)
+
+        self._worker = threading.Thread(target=work, name=f"xkd-metrics-{id(self)}", daemon=True)
+        quiet = _FromThread(self._worker.name)
+        retries = logging.getLogger("urllib3.connectionpool")
+        retries.addFilter(quiet)
+        try:
+            self._worker.start()
+            self._worker.join(self.flush_timeout)
+        finally:
+            retries.removeFilter(quiet)
+        ok = not self._worker.is_alive() and not errors
+        if ok and self._failure is not None:
+            tqdm.write("MLflow tracking store reachable again: the pending metrics were sent", file=sys.stderr)
+            self._failure = None
+        elif not ok and self._failure is None:
+            self._failure = _one_line(errors[0]) if errors else f"no answer within {self.flush_timeout:g} s"
+            tqdm.write(  # on a line of its own, not glued to a training progress bar
+                f"warning: MLflow tracking store {redact(_connected.get('uri', ''))} failed ({self._failure}); "
+                f"training goes on, unsent metrics wait in {self.pending} and are sent when it is back",
+                file=sys.stderr,
+            )
+        self.persist()
+        return ok
+
+    def persist(self) -> None:
+        """Write the unsent metrics to `pending` atomically (remove it when none are left)."""
+        if self.pending is None:
+            return
+        with self._lock:
+            rows = [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in self._buffer]
+        if not rows:
+            self.pending.unlink(missing_ok=True)
+            return
+        self.pending.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.pending.with_name(self.pending.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(self.pending)
+
+    def close(self) -> None:
+        """Final flush; with `pending`, a UsageError when metrics are still unsent (they stay in the file)."""
+        if self.flush() or self.pending is None:
+            return
+        raise UsageError(
+            f"{self.unsent} metric values could not be sent to MLflow tracking store "
+            f"{redact(_connected.get('uri', ''))} ({self._failure}); they are kept in {self.pending}: rerun the "
+            "same command once the store is back to send them (the work itself is saved)"
+        )
 
     def __enter__(self) -> MetricLogger:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.flush()
+        if exc_type is None:
+            self.close()
+        elif self.pending is not None:
+            self.persist()
+        else:
+            with contextlib.suppress(Exception):  # what was logged before the error still lands if it can
+                self._send()
 
 
 def log_png(fig_or_path, artifact_path: str, run_id: str | None = None) -> str:
@@ -343,5 +606,11 @@ def log_png(fig_or_path, artifact_path: str, run_id: str | None = None) -> str:
             shutil.copyfile(fig_or_path, dst)
         else:
             fig_or_path.savefig(dst, format="png", dpi=120, bbox_inches="tight")
-        _client().log_artifact(run_id, str(dst), folder or None)
+        try:
+            _client().log_artifact(run_id, str(dst), folder or None)
+        except (mlflow.exceptions.MlflowException, OSError, requests.RequestException) as e:
+            raise UsageError(
+                f"could not log {name} to MLflow tracking store {redact(_connected.get('uri', ''))} "
+                f"({_one_line(e)}); rerun the step once the store is back"
+            ) from None
     return f"{folder}/{name}" if folder else name

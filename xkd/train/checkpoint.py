@@ -6,6 +6,7 @@
         trainer.pt             optimiser, step, data position, RNG states, run id, config hash
                                (only tensors / numbers / strings: `torch.load(..., weights_only=True)`)
         bundle/                the encoder bundle of this checkpoint (Contracts: 4 safetensors + config.json)
+        checksums.json         sha256 of model.safetensors and trainer.pt, checked before either is used
 
 A checkpoint is written into `.tmp-ckpt-*` and renamed into place, so a kill at any moment leaves either
 the previous state or the complete new one. `XKD_FAULT=<point>:<step>` kills the process with SIGKILL at a
@@ -14,6 +15,7 @@ named point (`after_step`, `before_rename`, `before_export` of the final bundle)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -25,12 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 import model as xkd_model
+from model.bundle import BundleError, verify_bundle
 from xkd.errors import UsageError
 
 PREFIX = "ckpt-"
+CHECKSUMS = "checksums.json"
+RESUME_KEYS = ("epoch", "batch_in_epoch")  # the data position a resume continues from (with "step")
 
 
 def fault_point(name: str, step: int) -> None:
@@ -75,18 +80,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_output(output: Path) -> None:
+    """`--output` must be a directory or not exist yet (checked before anything is written)."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; pass a directory (it is created if missing)")
+
+
 def prepare_output(output: Path, cfg, main: bool) -> dict:
     """The run state (`run.json`: config hash, MLflow run id) of `output`; a new run writes it with
-    `config.yaml` (rank 0). Refuses a config (`PretrainConfig`) that differs from the one a previous run left."""
+    `config.yaml` (rank 0). Refuses a config (`PretrainConfig`) that differs from the one a previous run left
+    once that run has a checkpoint. Before its first checkpoint there is nothing to resume: a run that failed
+    early (say a value that passed validation crashed the first step) must not lock `output` to its config,
+    so another config starts over there, in a new MLflow run."""
+    check_output(output)
     run_file, digest = output / "run.json", cfg.resume_hash()
     if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        if previous["config_hash"] != digest:
+        try:
+            previous = json.loads(run_file.read_text())
+            recorded = previous["config_hash"]
+        except (ValueError, KeyError, TypeError):
+            previous, recorded = None, "unreadable"
+        if recorded == digest:
+            return previous
+        if checkpoint_dirs(output):
             raise UsageError(
-                f"{output} holds a run with another config (hash {previous['config_hash']} != {digest}); "
+                f"{output} holds a run with another config (hash {recorded} != {digest}); "
                 "use the same config to resume, or a new --output"
             )
-        return previous
     state = {"config_hash": digest}
     if main:
         output.mkdir(parents=True, exist_ok=True)
@@ -111,6 +131,8 @@ def save(output: Path, net: torch.nn.Module, trainer: dict, keep: int) -> Path:
     tmp.mkdir()
     xkd_model.save_state(net, tmp / "model.safetensors", metadata={"step": str(step)})
     torch.save({**trainer, "rng": rng_state()}, tmp / "trainer.pt")
+    sums = {name: _sha256(tmp / name) for name in ("model.safetensors", "trainer.pt")}
+    (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
     xkd_model.export_bundle(net, tmp / "bundle", step=str(step))
     fault_point("before_rename", step)
     if final.exists():  # the same step written again after a resume: replace it whole
@@ -134,22 +156,97 @@ def load_latest(output: Path, net: torch.nn.Module) -> dict | None:
     if not dirs:
         return None
     latest = dirs[-1]
+    verify_checksums(latest)
+    trainer = read_trainer_state(latest)  # before the weights: a damaged checkpoint leaves `net` untouched
+    missing = [k for k in RESUME_KEYS if k not in trainer]
+    if missing:
+        raise _corrupt(latest / "trainer.pt", ValueError(f"no {', '.join(missing)}: not a pretraining state"))
     try:
         xkd_model.load_state(net, latest / "model.safetensors")
     except (SafetensorError, OSError) as err:  # not RuntimeError: a key mismatch is another config, not damage
         raise _corrupt(latest / "model.safetensors", err) from None
-    trainer = read_trainer_state(latest)
-    set_rng_state(trainer.pop("rng"))
+    try:
+        set_rng_state(trainer.pop("rng"))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        raise _corrupt(latest / "trainer.pt", ValueError(f"bad RNG state: {type(err).__name__} {err}")) from None
     return trainer
 
 
 def read_trainer_state(directory: Path) -> dict:
-    """The trainer state of one checkpoint directory (for selection and inspection)."""
+    """The trainer state of one checkpoint directory (for selection and inspection), checked for the keys a
+    resume reads: anything else (a foreign or damaged file) is one clear error, not a KeyError mid-resume."""
     path = Path(directory) / "trainer.pt"
     try:
-        return torch.load(path, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        state = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError) as err:
+        # weights_only's unpickler answers foreign bytes with any of these
         raise _corrupt(path, err) from None
+    problem = _trainer_problem(state, Path(directory).name)
+    if problem:
+        raise _corrupt(path, ValueError(problem))
+    return state
+
+
+def _trainer_problem(state, name: str) -> str | None:
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a trainer state"
+    for key in ("step", *RESUME_KEYS):
+        value = state.get(key, 0 if key in RESUME_KEYS else None)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{key} is {value!r}, not a count"
+    if name.startswith(PREFIX) and name != f"{PREFIX}{state['step']:08d}":
+        return f"it says step {state['step']}"
+    if not isinstance(state.get("rng"), dict) or not torch.is_tensor(state["rng"].get("torch")):
+        return "no RNG state"
+    if "optimizer" in state and not isinstance(state["optimizer"], dict):
+        return "the optimiser state is not a mapping"
+    return None
+
+
+def verify_checksums(directory: Path) -> None:
+    """Compare model.safetensors and trainer.pt with the sha256 written with them (a flipped byte inside a
+    tensor loads without complaint otherwise). Checkpoints written before checksums.json existed have none:
+    they are loaded unchecked, as before."""
+    directory = Path(directory)
+    sums_file = directory / CHECKSUMS
+    if not sums_file.exists():
+        return
+    try:
+        sums = json.loads(sums_file.read_text())
+        expected = {name: sums[name] for name in ("model.safetensors", "trainer.pt")}
+    except (ValueError, KeyError, TypeError) as err:
+        raise _corrupt(sums_file, err) from None
+    for name, digest in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise _corrupt(path, FileNotFoundError("missing"))
+        if _sha256(path) != digest:
+            raise _corrupt(path, ValueError("its sha256 differs from the one written with the checkpoint"))
+
+
+def verify(directory: Path) -> None:
+    """Everything checkpoint selection will read from one checkpoint, checked before any scoring starts:
+    checksums, the safetensors header of model.safetensors, the trainer state and the encoder bundle."""
+    directory = Path(directory)
+    verify_checksums(directory)
+    try:
+        with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
+            list(f.keys())
+    except (SafetensorError, OSError) as err:
+        raise _corrupt(directory / "model.safetensors", err) from None
+    read_trainer_state(directory)
+    try:
+        verify_bundle(directory / "bundle")
+    except BundleError as err:
+        raise UsageError(f"{err}; delete {directory} or pretrain again") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _corrupt(path: Path, err: Exception) -> UsageError:

@@ -233,7 +233,8 @@ class Trainer:
 
     def fit(self, data, sampler, out: Path, trainer: dict, logger, run_state: dict) -> int:
         """Train from `trainer`'s position to the schedule's end; returns the final step. `logger` (rank 0)
-        takes `log(step, **metrics)` / `flush()`; `run_state` holds the config hash and MLflow run id."""
+        takes `log(step, **metrics)` / `flush()` (and `persist()` if it has one, called before each checkpoint
+        is written); `run_state` holds the config hash and MLflow run id."""
         cfg, t, total = self.cfg, self.cfg.train, self.schedule.total
         step, position = trainer["step"], {"epoch": trainer["epoch"], "batch_in_epoch": trainer["batch_in_epoch"]}
         main = self.ddp.main
@@ -260,8 +261,13 @@ class Trainer:
             bar.update()
             every = cfg.checkpoint
             if step % every.every_steps == 0 or step == total or now - last_ckpt >= 60 * every.every_minutes:
-                logger.flush()
+                # The checkpoint never waits on the tracking store: unsent metrics go to disk first (so a kill
+                # during the save loses none), the checkpoint is written, then a bounded flush is tried
+                # (`MetricLogger(pending=...)`: on failure training goes on and the metrics stay pending).
+                if hasattr(logger, "persist"):
+                    logger.persist()
                 self._save(out, step, position, run_state)
+                logger.flush()
                 last_ckpt = now
         bar.close()
         return step
