@@ -124,8 +124,9 @@ def test_start_times_recorded(samples_clips):
     assert entries["R6llTwEh07w.mp4"]["video"]["start_s"] == 0.0
 
 
-def test_first_audio_stream_is_used_and_downmixed(tmp_path):
-    """A file with two audio streams (stereo mp3 first, mono aac second) yields the first, downmixed."""
+def test_best_audio_stream_is_used_and_downmixed(tmp_path):
+    """A file with two audio streams at one sample rate (stereo mp3 first, mono aac second) yields the one with more
+    channels (the best-stream rule), downmixed to mono."""
     video, stereo_src = AV / "R6llTwEh07w.mp4", AV / "mmaction2_test.avi"
     from components.extract_clips import run
 
