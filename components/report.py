@@ -1,10 +1,12 @@
-"""The results report: every evaluation next to the paper's number, controls side by side, plots.
+"""The results report: did it work (verdicts against the controls), every score beside the paper's, plots.
 
     python -m components.report --metrics DIR_OR_FILE... --output DIR [--pretrain DIR]
 
-Reads metrics.json files (directories are searched recursively), writes `OUTPUT/report.md`,
-`OUTPUT/scores.png` (ours vs paper per dataset/protocol), `OUTPUT/folds.png` (per-fold scores) and, with
-`--pretrain`, `OUTPUT/loss_curves.png`; logs them to the pipeline's parent MLflow run.
+Reads metrics.json files (directories are searched recursively), writes `OUTPUT/report.md` (opening with a
+verdict per encoder evaluation: learns / does not learn / no control, its margin over each control),
+`OUTPUT/scores.png` (ours vs controls vs paper per dataset/protocol, chance dashed), `OUTPUT/folds.png`
+(per-fold scores as points) and, with `--pretrain`, `OUTPUT/loss_curves.png`; logs them to the pipeline's
+parent MLflow run.
 """
 
 from __future__ import annotations

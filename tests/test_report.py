@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import mlflow
+import numpy as np
+from matplotlib.collections import PathCollection
 
 from components.report import run as report
+from xkd.evaluation.report import find_metrics, plot_folds, plot_scores, render
 from xkd.tracking import runs as tracking
 
 
@@ -37,3 +40,155 @@ def test_report_completes_the_pipeline_parent_run(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent, "report")}
     assert {"report/report.md", "report/scores.png"} <= artifacts
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert text.startswith("# XKD reproduction report\n\n## Did it work?\n\n- **esc10 svm** (xkd student, 60.0 ± 0.0)")
+
+
+# --- "did it work?": the verdict, the spread's definition and the plots, from small metrics.json files. The report
+# is a pure function of the metrics files, so writing those files by hand is the input a user's run produces.
+
+
+def _metrics(dataset: str, features: str, scores: list[float], *, chance: float | None = 10.0, **extra) -> dict:
+    """A metrics.json as components.evaluate writes it: mean and std (np.std, ddof 0) over the fold scores."""
+    folds = [
+        {"fold": i + 1, "top1": s, "hparams": {"C": 1.0}, "selected_on": "val", "paper_style": {"top1": s}}
+        for i, s in enumerate(scores)
+    ]
+    return {
+        "dataset": dataset,
+        "protocol": "svm",
+        "role": "student",
+        "features": features,
+        "metric": "top1",
+        "chance": chance,
+        "variant": None if features.endswith("-stats") else "xkd",
+        "folds": folds,
+        "mean": float(np.mean(scores)),
+        "std": float(np.std(scores)),
+        "paper_style": {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "rule": "test"},
+        "smoke": False,
+        "wall_s": 1.0,
+        **extra,
+    }
+
+
+def _write(root, runs: dict[str, dict]):
+    for name, m in runs.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "metrics.json").write_text(json.dumps(m))
+    return find_metrics([str(root)])
+
+
+def _verdicts(text: str) -> list[str]:
+    """The report's verdict lines: the bullets of the section that opens the report."""
+    section = text.split("## Did it work?")[1].split("\n## ")[0]
+    return [line for line in section.splitlines() if line.startswith("- ")]
+
+
+def test_the_report_leads_with_learns_when_the_encoder_clearly_beats_random_init(tmp_path):
+    found = _write(
+        tmp_path,
+        {
+            "enc": _metrics("esc10", "encoder", [80, 82, 78, 81, 79]),  # 80.0 ± 1.4
+            "rnd": _metrics("esc10", "random-init", [40, 42, 38, 41, 39]),  # 40.0 ± 1.4
+            "mel": _metrics("esc10", "logmel-stats", [60, 62, 58, 61, 59]),
+            "shuf": _metrics("esc10", "shuffled-labels", [10, 12, 8, 11, 9]),
+        },
+    )
+    text = render(found, None)
+    assert text.index("## Did it work?") < text.index("| dataset | protocol |")  # the answer comes first
+    (line,) = _verdicts(text)
+    assert line == (
+        "- **esc10 svm** (xkd student, 80.0 ± 1.4): **learns**; random init 40.0 ± 1.4: margin +40.0 pts "
+        "(needs > 1.4); log-mel statistics 60.0 ± 1.4: margin +20.0 pts; shuffled labels 10.0 ± 1.4: margin "
+        "+70.0 pts; chance 10.0: margin +70.0 pts; n = 5 folds × 1 seed."
+    )
+    assert "more than the larger of the two standard deviations" in text  # the rule is stated
+
+
+def test_a_margin_inside_the_spread_does_not_learn_and_margins_carry_their_sign(tmp_path):
+    found = _write(
+        tmp_path,
+        {
+            "enc": _metrics("esc10", "encoder", [70, 75, 65, 72, 68]),  # 70.0 ± 3.4
+            "rnd": _metrics("esc10", "random-init", [68, 72, 64, 70, 66]),  # 68.0 ± 2.8: +2.0 is inside 3.4
+            "mel": _metrics("esc10", "logmel-stats", [74, 74, 74, 74, 74]),
+        },
+    )
+    (line,) = _verdicts(render(found, None))
+    assert "**does not learn**" in line
+    assert "random init 68.0 ± 2.8: margin +2.0 pts (needs > 3.4)" in line
+    assert "log-mel statistics 74.0 ± 0.0: margin -4.0 pts" in line
+    assert "shuffled labels: not run" in line  # a missing control is said to be missing, no number made up
+
+
+def test_no_random_init_is_no_control_and_names_the_missing_controls(tmp_path):
+    found = _write(
+        tmp_path,
+        {
+            "esc": _metrics("esc10", "encoder", [80, 82, 78, 81, 79]),
+            "ucf": _metrics("ucf101", "encoder", [30, 32, 34], chance=100 / 101),
+            "ucf-px": _metrics("ucf101", "pixel-stats", [20, 21, 22], chance=100 / 101),
+        },
+    )
+    esc, ucf = _verdicts(render(found, None))
+    assert esc.startswith("- **esc10 svm** (xkd student, 80.0 ± 1.4): **no control**;")
+    assert "random init: not run, so no verdict; log-mel statistics: not run; shuffled labels: not run" in esc
+    assert "pixel" not in esc  # the control for video datasets is not asked of an audio dataset
+    assert "**no control**" in ucf and "pixel statistics 21.0 ± 0.8: margin +11.0 pts" in ucf
+    assert "n = 3 folds × 1 seed" in ucf
+
+
+def test_seeds_of_one_evaluation_are_pooled_and_counted(tmp_path):
+    found = _write(
+        tmp_path,
+        {
+            "enc0": _metrics("esc10", "encoder", [78, 82], seed=0),  # seed means 80 and 84: 82.0 ± 2.0 over seeds
+            "enc1": _metrics("esc10", "encoder", [82, 86], seed=1),
+            "rnd0": _metrics("esc10", "random-init", [40, 44], seed=0),
+            "rnd1": _metrics("esc10", "random-init", [38, 42], seed=1),  # seed means 42 and 40: 41.0 ± 1.0
+        },
+    )
+    text = render(found, None)
+    (line,) = _verdicts(text)
+    assert line.startswith("- **esc10 svm** (xkd student, 82.0 ± 2.0): **learns**; random init 41.0 ± 1.0: ")
+    assert "margin +41.0 pts (needs > 2.0)" in line and "n = 2 folds × 2 seeds" in line
+
+
+def test_the_spread_is_defined_under_the_table(tmp_path):
+    text = render(_write(tmp_path, {"enc": _metrics("esc10", "encoder", [60, 70])}), None)
+    table_end = text.index("| esc10 | svm | xkd student | 65.0 ± 5.0 top-1 (2 folds)")
+    assert text.index("± = standard deviation over folds (ddof 0", table_end) > table_end
+
+
+def _dashed(ax) -> list[tuple[float, ...]]:
+    return [tuple(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"]
+
+
+def test_plots_draw_controls_apart_chance_dashed_folds_as_points_and_the_smoke_test_alone(tmp_path):
+    found = _write(
+        tmp_path / "m",
+        {
+            "enc": _metrics("esc10", "encoder", [80, 82, 78, 81, 79]),
+            "rnd": _metrics("esc10", "random-init", [40, 42, 38, 41, 39]),
+            "ucf": _metrics("ucf101", "encoder", [30, 32, 34], chance=100 / 101),
+            "smoke": _metrics("samples-av", "encoder", [20, 25], chance=12.5, smoke=True),
+        },
+    )
+    fig = plot_scores(found, tmp_path / "scores.png")
+    main, smoke = fig.axes
+    assert "smoke" in smoke.get_title() and "smoke" not in main.get_title()
+    assert [t.get_text().split("\n")[0] for t in smoke.get_xticklabels()] == ["samples-av svm"]
+    assert sorted(_dashed(main)) == [(100 / 101, 100 / 101), (10.0, 10.0)] and _dashed(smoke) == [(12.5, 12.5)]
+    bars = {p.get_height(): p for p in main.patches}
+    assert bars[80.0].get_hatch() is None and bars[40.0].get_hatch()  # the control is hatched, the method not
+    assert bars[80.0].get_facecolor() != bars[40.0].get_facecolor()
+    assert len(bars[40.0].get_facecolor()) == 4 and len(set(bars[40.0].get_facecolor()[:3])) == 1  # grey
+    assert 83.8 in bars  # the paper's ucf101 svm number beside ours
+    points = sorted(y for c in main.collections if isinstance(c, PathCollection) for _, y in c.get_offsets())
+    assert points == sorted([80, 82, 78, 81, 79, 40, 42, 38, 41, 39, 30, 32, 34])  # every fold, as a point
+    folds = plot_folds(found, tmp_path / "folds.png")
+    for ax in folds.axes:
+        assert all(len(line.get_xdata()) == 2 and line.get_linestyle() == "--" for line in ax.lines)  # no joined folds
+    assert sorted(_dashed(folds.axes[0])) == [(100 / 101, 100 / 101), (10.0, 10.0)]
+    assert (tmp_path / "scores.png").stat().st_size > 5000 and (tmp_path / "folds.png").stat().st_size > 5000

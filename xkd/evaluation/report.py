@@ -1,5 +1,6 @@
-"""The results report's content: every evaluation next to the paper's number (data/paper_results.yaml), as a
-Markdown table and PNG plots. Written by the `components.report` step."""
+"""The results report's content: first a verdict per encoder evaluation (does it beat its controls?
+xkd.evaluation.verdict), then every evaluation next to the paper's number (data/paper_results.yaml) as a
+Markdown table, and PNG plots. Written by the `components.report` step."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from xkd.errors import UsageError  # noqa: E402
+from xkd.evaluation import verdict  # noqa: E402
+from xkd.evaluation.verdict import Group  # noqa: E402
 from xkd.paths import REPO  # noqa: E402
 
 PAPER = REPO / "data" / "paper_results.yaml"
@@ -69,58 +73,144 @@ def table(metrics: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_scores(metrics: list[dict], png: Path) -> None:
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4.5), constrained_layout=True)
-    xs = range(len(metrics))
-    bars = ax.bar(
-        [x - 0.2 for x in xs],
-        [m["mean"] for m in metrics],
-        0.4,
-        yerr=[m["std"] for m in metrics],
-        label="ours (val-selected)",
-        capsize=3,
-        color="tab:blue",
-    )
-    ax.bar_label(bars, fmt="%.1f", padding=6, fontsize=8)
-    papers = [paper_number(m)[0] if m["features"] == "encoder" else None for m in metrics]
-    if any(p is not None for p in papers):  # datasets without a paper number (esc10, samples) get none
-        ax.bar(
-            [x + 0.2 for x, p in zip(xs, papers) if p is not None],
-            [p for p in papers if p is not None],
-            0.4,
-            label="paper (ViT-B, K400, 800 epochs)",
-            color="tab:gray",
-        )
-    ax.set_xticks(list(xs), [label(m).replace(" - ", "\n") for m in metrics], fontsize=8)
-    ax.set_ylabel("score (%)")
-    ax.legend()
-    ax.set_title("Downstream scores")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+ENCODER_COLOUR = "tab:blue"
+PAPER_COLOUR = "tab:orange"
+CONTROL_COLOUR = "0.75"  # controls: grey and hatched, never mistaken for the method
+CONTROL_HATCH = "//"
 
 
-def plot_folds(metrics: list[dict], png: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    for m in metrics:
-        key = m["metric"]
-        ax.plot([f["fold"] for f in m["folds"]], [f[key] for f in m["folds"]], marker="o", label=label(m))
-    ax.set_xlabel("fold / split")
-    ax.set_ylabel("score (%)")
-    ax.legend(fontsize=7)
-    ax.set_title("Per-fold scores")
+def _slots(groups: list[Group]) -> list[dict]:
+    """The bars of one axis: each evaluation spec, with the paper's number right after an encoder's."""
+    slots = []
+    for g in groups:
+        kind = "encoder" if g.features == "encoder" else "control"
+        slots.append({"kind": kind, "group": g, "mean": g.mean, "std": g.std, "label": label(g.first)})
+        paper = paper_number(g.first)[0] if kind == "encoder" else None
+        if paper is not None:  # datasets without a paper number (esc10, samples) get none
+            slots.append({"kind": "paper", "group": g, "mean": paper, "std": 0.0, "label": f"{g.dataset} paper"})
+    return slots
+
+
+def _legend_once(shown: set, name: str) -> str:
+    """The label for an artist: `name` the first time on an axis (`shown`: names already there), hidden after."""
+    if name in shown:
+        return "_nolegend_"
+    shown.add(name)
+    return name
+
+
+def _chance_lines(ax, slots: list[dict], shown: set) -> None:
+    """A dashed line at each dataset's chance level (metrics.json `chance`), across that dataset's bars."""
+    for dataset in dict.fromkeys(s["group"].dataset for s in slots):
+        xs = [x for x, s in enumerate(slots) if s["group"].dataset == dataset]
+        level = next((s["group"].chance for s in slots if s["group"].dataset == dataset), None)
+        if level is not None:
+            ax.plot(
+                [min(xs) - 0.45, max(xs) + 0.45],
+                [level, level],
+                linestyle="--",
+                color="black",
+                linewidth=1,
+                label=_legend_once(shown, "chance"),
+            )
+
+
+def _fold_points(ax, x: float, g: Group, colour: str, shown: set, name: str = "per-fold score") -> None:
+    """Each fold's score as a point (folds are categories: no line joins them), spread a little in x."""
+    scores = g.fold_scores
+    offsets = np.linspace(-0.15, 0.15, len(scores)) if len(scores) > 1 else [0.0]
+    ax.scatter(
+        [x + o for o in offsets], scores, s=14, color=colour, edgecolors="black", linewidths=0.5, zorder=3,
+        label=_legend_once(shown, name),
+    )  # fmt: skip
+
+
+def _axes(groups: list[Group], height: float):
+    """The benchmark evaluations on the main axis; smoke tests (code path only) on their own, to the right."""
+    order = {f: i for i, f in enumerate(("encoder", *verdict.CONTROL_NAMES))}  # method first, then controls
+    groups = sorted(groups, key=lambda g: (g.dataset, g.protocol, order.get(g.features, len(order))))
+    main = [g for g in groups if not g.smoke]
+    smoke = [g for g in groups if g.smoke]
+    panels = [(p, t) for p, t in ((main, "benchmarks"), (smoke, "smoke test\n(not a benchmark)")) if p]
+    widths = [max(1, len(_slots(p))) for p, _ in panels]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(6, 2.0 * sum(widths)), height), width_ratios=widths, constrained_layout=True,
+        squeeze=False,
+    )  # fmt: skip
+    return fig, list(zip(axes[0], panels))
+
+
+def plot_scores(metrics: list[dict], png: Path):
+    """Bars: the encoder in colour, controls grey and hatched, the paper's number; fold scores as points,
+    each dataset's chance level dashed. Returns the figure (closed) so its content can be checked."""
+    fig, panels = _axes(verdict.group(metrics), 4.8)
+    for ax, (groups, title) in panels:
+        shown: set = set()
+        slots = _slots(groups)
+        for x, s in enumerate(slots):
+            style = {
+                "encoder": {"color": ENCODER_COLOUR, "name": "encoder (val-selected)"},
+                "control": {"color": CONTROL_COLOUR, "hatch": CONTROL_HATCH, "edgecolor": "0.3", "name": "control"},
+                "paper": {"color": PAPER_COLOUR, "name": "paper (ViT-B, K400, 800 epochs)"},
+            }[s["kind"]]
+            name = style.pop("name")
+            bars = ax.bar(
+                x, s["mean"], 0.7, yerr=s["std"] or None, capsize=3, label=_legend_once(shown, name), **style
+            )  # fmt: skip
+            ax.bar_label(bars, fmt="%.1f", label_type="center", fontsize=8)  # clear of the error bar and fold points
+            if s["kind"] != "paper":
+                _fold_points(ax, x, s["group"], "white", shown)
+        _chance_lines(ax, slots, shown)
+        ax.set_xticks(range(len(slots)), [s["label"].replace(" - ", "\n") for s in slots], fontsize=7)
+        ax.set_ylabel("score (%)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Downstream scores (bars: mean ± std over folds)")
     fig.savefig(png, dpi=110)
     plt.close(fig)
+    return fig
+
+
+def plot_folds(metrics: list[dict], png: Path):
+    """Per-fold scores as points for each evaluation (encoder in colour, controls grey), chance dashed."""
+    fig, panels = _axes(verdict.group(metrics), 4.0)
+    for ax, (groups, title) in panels:
+        shown: set = set()
+        slots = [s for s in _slots(groups) if s["kind"] != "paper"]
+        for x, s in enumerate(slots):
+            colour = ENCODER_COLOUR if s["kind"] == "encoder" else CONTROL_COLOUR
+            _fold_points(ax, x, s["group"], colour, shown, f"{s['kind']}, one point per fold")
+        _chance_lines(ax, slots, shown)
+        ax.set_xticks(range(len(slots)), [s["label"].replace(" - ", "\n") for s in slots], fontsize=7)
+        ax.set_xlim(-0.6, len(slots) - 0.4)
+        ax.set_ylabel("score (%)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Per-fold scores")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return fig
 
 
 def render(metrics: list[dict], pretrain: Path | None) -> str:
     parts = [
         "# XKD reproduction report",
         "",
+        "## Did it work?",
+        "",
+        *(verdict.verdict_lines(metrics) or ["No encoder evaluation among the metrics: nothing to judge."]),
+        "",
+        verdict.RULE,
+        "",
+        "## Scores",
+        "",
         "Scores are means over folds with hyper-parameters chosen on a validation carve of each training "
         "split (groups held out whole). *Paper-style* repeats the official code's choice on the test fold, "
         "for comparison only. The paper's numbers are ViT-B pretrained 800 epochs on Kinetics-400.",
         "",
         table(metrics),
+        "",
+        verdict.SPREAD,
         "",
         "![scores](scores.png)",
         "",
