@@ -21,9 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from xkd.data.cache_build import build_cache, summarize
+from xkd.data.cache_build import build_cache, check_step_args, summarize
 from xkd.data.inputs import media_jobs
-from xkd.data.media import MAX_DURATION_S, require_ffmpeg
+from xkd.data.media import MAX_DURATION_S, check_max_duration, require_ffmpeg
 from xkd.errors import UsageError, cli, step_parser
 
 
@@ -40,12 +40,7 @@ def run(
     """Cache whole-track log-mels for a clip cache (`clips`) or for audio files (`input`)."""
     if (clips is None) == (input is None):
         raise UsageError("give exactly one of --clips DIR or --input PATH")
-    if workers < 1:  # 0 or a negative count used to be accepted and run with one worker
-        raise UsageError(f"--workers must be at least 1 (got {workers})")
-    if not 0 <= min_duration < float("inf"):  # `not` also catches nan; -5 used to mean "no minimum" silently
-        raise UsageError(f"--min-duration must be a non-negative, finite number of seconds (got {min_duration:g})")
-    if not 0 < timeout_s < float("inf"):
-        raise UsageError(f"--timeout must be a positive, finite number of seconds (got {timeout_s:g})")
+    check_step_args(workers=workers, min_duration=min_duration, timeout_s=timeout_s)
     import numpy as np
 
     from xkd.data.spectrograms import STORAGE_DTYPE, clip_cache_jobs, from_audio_file, from_clip_cache
@@ -62,8 +57,7 @@ def run(
             raise UsageError(f"{clips} is not a clip cache (no manifest.jsonl); run components.extract_clips first")
         jobs, process, extra = clip_cache_jobs(clips), from_clip_cache, {"clips": str(clips)}
     else:
-        if not 0 < max_duration < float("inf"):  # also catches nan
-            raise UsageError(f"--max-duration must be a positive, finite number of seconds (got {max_duration:g})")
+        check_max_duration(max_duration)
         require_ffmpeg()
         # media files only: a clip cache's params (and so its digest) stay as they were
         params.update(max_duration_s=max_duration, min_decoded_fraction=0.5)

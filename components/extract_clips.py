@@ -19,12 +19,12 @@ import os
 import sys
 from pathlib import Path
 
-from xkd.data.cache_build import build_cache, summarize
+from xkd.data.cache_build import build_cache, check_step_args, summarize
 from xkd.data.clips import JPEG_QUALITY, extract_one
 from xkd.data.geometry import FPS, VIDEO_SIZE
 from xkd.data.inputs import media_jobs
 from xkd.data.logmel import SAMPLE_RATE
-from xkd.data.media import MAX_DURATION_S, require_ffmpeg
+from xkd.data.media import MAX_DURATION_S, check_max_duration, require_ffmpeg
 from xkd.errors import UsageError, cli, step_parser
 
 # Upper bounds, checked before any work: past them a run never finishes or fills the disk (--fps 1e9 asks ffmpeg
@@ -52,12 +52,10 @@ def run(
 ) -> dict:
     """Extract every media file under `input` into the clip cache `output`; return the report."""
     require_ffmpeg()
-    if fps <= 0 or short_side <= 0 or sample_rate <= 0 or min_duration < 0 or workers < 1:
-        raise UsageError(
-            "--fps, --short-side, --sample-rate and --workers must be positive, --min-duration non-negative"
-        )
-    if not 0 < max_duration < float("inf"):  # also catches nan
-        raise UsageError(f"--max-duration must be a positive, finite number of seconds (got {max_duration:g})")
+    if fps <= 0 or short_side <= 0 or sample_rate <= 0:
+        raise UsageError("--fps, --short-side and --sample-rate must be positive")
+    check_step_args(workers=workers, min_duration=min_duration, timeout_s=timeout_s)
+    check_max_duration(max_duration)
     for flag, value, bound in (
         ("--fps", fps, MAX_FPS),
         ("--sample-rate", sample_rate, MAX_SAMPLE_RATE),

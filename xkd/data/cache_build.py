@@ -66,6 +66,16 @@ class Job:
 ProcessFn = Callable[[Job, dict], tuple[dict, dict[str, bytes]]]
 
 
+def check_step_args(*, workers: int, min_duration: float, timeout_s: float) -> None:
+    """The arguments every cache step shares, checked before any work: one line naming the flag (exit 2)."""
+    if workers < 1:  # 0 or a negative count used to be accepted and run with one worker
+        raise UsageError(f"--workers must be at least 1 (got {workers})")
+    if not 0 <= min_duration < float("inf"):  # `not` also catches nan; -5 used to mean "no minimum" silently
+        raise UsageError(f"--min-duration must be a non-negative, finite number of seconds (got {min_duration:g})")
+    if not 0 < timeout_s < float("inf"):
+        raise UsageError(f"--timeout must be a positive, finite number of seconds (got {timeout_s:g})")
+
+
 def params_digest(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 

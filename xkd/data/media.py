@@ -216,6 +216,12 @@ def check_decoded_length(
         )
 
 
+def check_max_duration(max_duration: float) -> None:
+    """`--max-duration` of the steps that decode media files: positive and finite, else one line (exit 2)."""
+    if not 0 < max_duration < float("inf"):  # also catches nan
+        raise UsageError(f"--max-duration must be a positive, finite number of seconds (got {max_duration:g})")
+
+
 def truncated_to(info: Probe, max_duration_s: float | None) -> float | None:
     """The cap when the file is longer than --max-duration (only its first seconds were decoded), else None."""
     return max_duration_s if max_duration_s and info.duration_s > max_duration_s else None
