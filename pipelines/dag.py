@@ -15,6 +15,8 @@ from pipelines.images import PLACEHOLDER_IMAGE, validate_image
 from pipelines.k8s import (
     DATA_MOUNT,
     GPU_RESOURCE,
+    IMAGE_GID,
+    IMAGE_UID,
     MLFLOW_SECRET,
     MLFLOW_SECRET_KEYS,
     PVC_NAME,
@@ -48,9 +50,14 @@ def load_params(path: Path = REPO / "params.yaml") -> dict:
 
 
 def default_eval_specs(params: dict) -> list[dict]:
-    """params.yaml `eval.specs` + `eval.controls` (the same items the dvc.yaml foreach stages run)."""
+    """params.yaml `eval.specs` (+ `eval.controls`): the items the dvc.yaml foreach stage runs, a {name: spec}
+    mapping there (evaluate@<name>) or a list."""
     ev = params.get("eval") or {}
-    return list(ev.get("specs") or []) + list(ev.get("controls") or [])
+    return [s for key in ("specs", "controls") for s in _items(ev.get(key))]
+
+
+def _items(specs) -> list:
+    return list(specs.values()) if isinstance(specs, dict) else list(specs or [])
 
 
 def eval_modalities(datasets: list[str]) -> dict[str, str]:
@@ -151,6 +158,9 @@ def build_pipeline(
         def pod(task, cpu=data_cpu, memory=data_memory):
             task.set_container_image(image)
             k8s.use_secret_as_env(task, mlflow_secret, MLFLOW_SECRET_KEYS, optional=True)
+            # the image's user; KFP offers no fsGroup, so the PVC must be writable by this uid or gid
+            # (pipelines/README.md says how)
+            k8s.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_GID, run_as_non_root=True)
             return task
 
         clips_dir = f"{data_root}/cache/{pretrain_dataset}/clips"

@@ -19,8 +19,10 @@ def local_arguments(
     eval_specs: list[dict] | None = None,
     tracking_uri: str | None = None,
     params: dict | None = None,
+    pretrain_config: str | None = None,
 ) -> dict:
-    """Pipeline arguments for a kfp.local run: `workdir` plays the PVC (raw/<dataset> links to the data)."""
+    """Pipeline arguments for a kfp.local run: `workdir` plays the PVC (raw/<dataset> links to the data).
+    `pretrain_config`: the config's path as the tasks see it (in a container: under /app), default this checkout's."""
     params = load_params() if params is None else params
     datasets = {name: str((REPO / d["raw"]).resolve()) for name, d in (params.get("datasets") or {}).items()}
     datasets.update(raw or {})
@@ -36,7 +38,7 @@ def local_arguments(
         "image": PLACEHOLDER_IMAGE,
         "data_root": str(workdir),
         "partitions": partitions,
-        "pretrain_config": str(CONFIGS / "pretrain" / f"{preset}.yaml"),
+        "pretrain_config": pretrain_config or str(CONFIGS / "pretrain" / f"{preset}.yaml"),
         "max_steps": max_steps if max_steps is not None else (pre.get("max_steps") or 0),
         "eval_specs": specs,
         "nodes": 1,
@@ -45,16 +47,18 @@ def local_arguments(
     }
 
 
-def run_local(workdir: str | os.PathLike, **kwargs) -> dict:
-    """Run the whole DAG with kfp.local's SubprocessRunner in this environment (Kubernetes settings are
-    ignored locally). Returns {"metrics": [metrics.json paths], "report": report.md path or None}."""
+def run_local(workdir: str | os.PathLike, runner=None, **kwargs) -> dict:
+    """Run the whole DAG with kfp.local's SubprocessRunner in this environment, or with `runner` (such as a
+    kfp.local.DockerRunner: every task in the image; Kubernetes settings are ignored locally).
+    Returns {"metrics": [metrics.json paths], "report": report.md path or None}."""
     from kfp import local
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     args = local_arguments(work, **kwargs)
     specs = args["eval_specs"]
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"))
+    runner = runner or local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(work / "kfp"))
     # the parent MLflow run is created first, by the same component (see build_pipeline: parent_from_parameter)
     args["mlflow_parent"] = mlflow_parent_run(
         outputs_dir=str(work / "outputs"), tracking_uri=args["mlflow_tracking_uri"], parent=""

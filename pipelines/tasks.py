@@ -7,7 +7,7 @@ in this venv), so imports stay inside the function and the function names are th
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
 
 from pipelines.images import PLACEHOLDER_IMAGE
 
@@ -217,15 +217,17 @@ def evaluate(
     mlflow_parent: str,
     selection: Input[Model],
     metrics: Output[Artifact],
+    scores: Output[Metrics],
 ):
-    """One eval spec {dataset, protocol, folds, role, preset}: all its folds; writes metrics/metrics.json."""
+    """One eval spec {dataset, protocol, folds, role, preset}: all its folds; writes metrics/metrics.json (for the
+    report) and `scores`, the spec's mean, std and per-fold score as KFP Metrics (the run page shows them)."""
     import os
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     from components import evaluate as step
 
     # `folds` as in params.yaml ("all", "1,2"): evaluate parses it as the dvc.yaml stage's --folds does
-    step.run(
+    result = step.run(
         os.path.join(selection.path, "bundle"),
         spec["dataset"],
         spec["protocol"],
@@ -237,16 +239,29 @@ def evaluate(
         features=spec.get("features", "encoder"),
         mlflow_parent=mlflow_parent,
     )
+    key = result["metric"]  # top1 or mAP, as metrics.json names it
+    scores.metadata.update(
+        {f"mean_{key}": result["mean"], f"std_{key}": result["std"]}
+        | {f"fold{f['fold']}_{key}": f[key] for f in result["folds"]}
+    )
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
 def report(
-    metrics: Input[List[Artifact]], pretrain_dir: str, tracking_uri: str, mlflow_parent: str, output: Output[Artifact]
+    metrics: Input[List[Artifact]],
+    pretrain_dir: str,
+    tracking_uri: str,
+    mlflow_parent: str,
+    output: Output[Artifact],
+    report_md: Output[Markdown],
 ):
-    """Fan-in: the table against the paper's numbers + PNG plots (output/report.md)."""
+    """Fan-in: the table against the paper's numbers + PNG plots (output/report.md); `report_md` is report.md
+    as a Markdown artifact, which the KFP UI renders (the plots stay in `output`)."""
     import os
+    import shutil
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     from components import report as step
 
-    step.run([m.path for m in metrics], output.path, pretrain=pretrain_dir, mlflow_parent=mlflow_parent)
+    path = step.run([m.path for m in metrics], output.path, pretrain=pretrain_dir, mlflow_parent=mlflow_parent)
+    shutil.copyfile(path, report_md.path)

@@ -10,7 +10,10 @@ job resumes from the newest one.
     out = trainjob.run(image=..., config="configs/pretrain/xkd_base.yaml", clips=..., spectrograms=...,
                        output="/data/outputs/pretrain", nodes=4, gpus_per_node=8, pvc_name="xkd-data")
 
-The service account of the calling pod needs the RBAC in `pipelines/rbac.yaml`.
+The service account of the calling pod needs the RBAC in `pipelines/rbac.yaml`; the cluster needs Kubeflow Trainer
+v2.2 or newer (`spec.runtimePatches`; the job is created with strict field validation, so an older Trainer
+refuses it instead of dropping the field). The pods run as the image's user with an fsGroup, so that user can
+write the PVC. A refused create raises TrainJobRejected naming the cause (pipelines/k8s_errors.py).
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ from kubeflow_trainer_api import models as tm
 from pipelines.k8s import (
     DATA_MOUNT,
     GPU_RESOURCE,
+    IMAGE_GID,
+    IMAGE_UID,
     MLFLOW_SECRET,
     MLFLOW_SECRET_KEYS,
+    RUNTIME_PATCH_MANAGER,
     SHM_MOUNT,
     SHM_SIZE,
     TRAINER_RUNTIME,
 )
+from pipelines.k8s_errors import classify
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 NODE_JOB = "node"  # the torch-distributed runtime's replicated job and container name
@@ -45,6 +52,10 @@ class TrainJobTimeout(TimeoutError):
     """Neither Complete nor Failed within the timeout."""
 
 
+class TrainJobRejected(RuntimeError):
+    """The API server refused to create the TrainJob; the message names the cause and what to do."""
+
+
 def pretrain_args(
     config: str,
     clips: str,
@@ -53,12 +64,15 @@ def pretrain_args(
     max_steps: int | None = None,
     overrides: list[str] = (),
     mlflow_parent: str | None = None,
+    on_new_config: str = "restart",
 ) -> list[str]:
-    """`components.pretrain` arguments, in the order the dvc.yaml `pretrain` stage writes them."""
+    """`components.pretrain` arguments, in the order the dvc.yaml `pretrain` stage writes them (a changed config
+    starts over, as `dvc exp run -S ...` needs; the cleared run is named in the log)."""
     args = ["--config", config, "--clips", clips]
     args += ["--spectrograms", spectrograms] if spectrograms else []
     args += ["--output", output]
     args += ["--max-steps", str(max_steps)] if max_steps is not None else []
+    args += ["--on-new-config", on_new_config]
     for o in overrides:
         args += ["--set", o]
     args += ["--mlflow-parent", mlflow_parent] if mlflow_parent else []
@@ -129,9 +143,18 @@ def build(
         ],
         node_selector=dict(node_selector or {}) or None,
         tolerations=[tm.IoK8sApiCoreV1Toleration.from_dict(t) for t in tolerations or []] or None,
+        # the image's user; fsGroup makes the kubelet give the PVC to that group (group-writable), so uid 10001
+        # can write a volume created root-owned; OnRootMismatch skips the recursive chown once it is done
+        security_context=tm.IoK8sApiCoreV1PodSecurityContext(
+            run_as_user=IMAGE_UID,
+            run_as_group=IMAGE_GID,
+            run_as_non_root=True,
+            fs_group=IMAGE_GID,
+            fs_group_change_policy="OnRootMismatch",
+        ),
     )
     patch = tm.TrainerV1alpha1RuntimePatch(
-        manager="xkd-pipeline",
+        manager=RUNTIME_PATCH_MANAGER,
         training_runtime_spec=tm.TrainerV1alpha1TrainingRuntimeSpecPatch(
             template=tm.TrainerV1alpha1JobSetTemplatePatch(
                 spec=tm.TrainerV1alpha1JobSetSpecPatch(
@@ -180,6 +203,32 @@ def condition(obj: dict) -> tuple[str, str] | None:
     return None
 
 
+def rejection(exc, namespace: str, name: str) -> str:
+    """One line: why the API server refused to create the TrainJob, and what to do about it."""
+    r = classify(exc)
+    job = f"TrainJob {namespace}/{name}"
+    if r.cause == "webhook-denied":
+        return f"the Kubeflow Trainer admission webhook {r.webhook} refused {job} (HTTP {r.status}): {r.detail}"
+    if r.cause == "webhook-unreachable":
+        return f"{job}: the API server could not reach the Trainer webhook {r.webhook}: {r.detail}; is it running?"
+    if r.cause == "unknown-field":
+        return (
+            f"{job}: this cluster's TrainJob CRD has no {', '.join(r.fields)} (refused under strict field "
+            f"validation, not silently dropped): Kubeflow Trainer older than v2.2 is installed; this launcher needs "
+            f"v2.2 or newer (spec.runtimePatches)"
+        )
+    if r.cause == "forbidden":
+        return (
+            f"not allowed to create {job} (HTTP 403, RBAC): {r.detail}; bind the pipeline's service account to "
+            f"the Role in pipelines/rbac.yaml"
+        )
+    if r.cause == "invalid":
+        return f"{job} does not validate against the cluster's TrainJob CRD (HTTP 422): {r.detail}"
+    if r.cause == "not-found":
+        return f"cannot create {job} (HTTP 404): {r.detail}; is Kubeflow Trainer installed, and the namespace there?"
+    return f"cannot create {job}: HTTP {r.status} {r.reason}: {r.detail}"
+
+
 def launch(
     api,
     job: tm.TrainerV1alpha1TrainJob,
@@ -200,17 +249,15 @@ def launch(
     name = job.metadata.name
     body = job.to_dict()
     try:
-        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        # Strict: a field the cluster's CRD lacks (runtimePatches before Trainer v2.2) is an error, not pruned
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict")
         log(
             f"created TrainJob {namespace}/{name}: {job.spec.trainer.num_nodes} node(s) x "
             f"{job.spec.trainer.num_proc_per_node} process(es)"
         )
     except ApiException as e:
         if e.status != 409:
-            raise RuntimeError(
-                f"cannot create TrainJob {namespace}/{name}: HTTP {e.status} {e.reason}; "
-                f"check the RBAC in pipelines/rbac.yaml and that Kubeflow Trainer is installed"
-            ) from None
+            raise TrainJobRejected(rejection(e, namespace, name)) from None
         log(f"TrainJob {namespace}/{name} exists (a retried launcher): waiting for it")
     deadline, obj = clock() + timeout_s, None
     try:

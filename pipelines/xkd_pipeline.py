@@ -3,6 +3,7 @@
     python -m pipelines.xkd_pipeline compile --output xkd.yaml [--image REPO@sha256:... | REPO:TAG]
     python -m pipelines.xkd_pipeline run-local [--preset tiny] [--max-steps N] [--workdir DIR]
     python -m pipelines.xkd_pipeline submit --host URL [--experiment xkd] [--image ...] [--set name=JSON ...]
+        [--namespace NS] [--token-file FILE]      (or the token in $KFP_TOKEN; it is never printed)
 
 The tasks are in `pipelines/tasks.py`, the DAG in `pipelines/dag.py`, the local runner in `pipelines/local.py`.
 This module is the command line only: kfp (and, through the steps, torch and mlflow) is imported when a command
@@ -10,6 +11,7 @@ runs, so `--help` answers at once.
 """
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -32,14 +34,34 @@ def _set_args(pairs: list[str] | None, flag: str = "--set") -> dict:
     return out
 
 
+TOKEN_ENV = "KFP_TOKEN"  # a bearer token for a multi-user Kubeflow, when --token-file is not given
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The bearer token for the KFP API: the content of `token_file`, else $KFP_TOKEN, else None (kfp.Client's
+    own in-cluster credentials). Error messages name the file, never its content."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise UsageError(f"--token-file {token_file}: {e.strerror or e}") from None
+        if not token:
+            raise UsageError(f"--token-file {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
 def submit(
     host: str,
     experiment: str = "xkd",
     image: str = PLACEHOLDER_IMAGE,
     arguments: dict | None = None,
     run_name: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
 ):
-    """Compile the DAG with `image` as the default image and start a run on the KFP endpoint `host`."""
+    """Compile the DAG with `image` as the default image and start a run on the KFP endpoint `host`; on a
+    multi-user Kubeflow, in the profile `namespace`, authenticated with the bearer `token`."""
     validate_image(arguments.get("image", image) if arguments else image)
     import kfp
 
@@ -47,9 +69,13 @@ def submit(
 
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / "xkd.yaml", image=image)
-        client = kfp.Client(host=host)
+        client = kfp.Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
         return client.create_run_from_pipeline_package(
-            str(package), arguments=arguments or {}, experiment_name=experiment, run_name=run_name
+            str(package),
+            arguments=arguments or {},
+            experiment_name=experiment,
+            run_name=run_name,
+            namespace=namespace,
         )
 
 
@@ -99,6 +125,17 @@ def parser():
         help="pipeline parameter (VALUE parsed as JSON when it is JSON), e.g. --set nodes=4; repeatable "
         "(default: none; every parameter keeps its compiled default)",
     )
+    s.add_argument(
+        "--namespace",
+        default=None,
+        help="the Kubeflow profile namespace the run and its experiment go to (default: none, a single-user KFP)",
+    )
+    s.add_argument(
+        "--token-file",
+        default=None,
+        help=f"file holding the bearer token for the KFP API, never printed (default: ${TOKEN_ENV} if set, "
+        "else kfp's in-cluster credentials)",
+    )
     return ap
 
 
@@ -131,7 +168,15 @@ def main(argv: list[str] | None = None) -> int:
             print(m)
         print(f"report: {res['report']}", file=sys.stderr)
     else:
-        run = submit(args.host, args.experiment, validate_image(args.image), _set_args(args.set), args.run_name)
+        run = submit(
+            args.host,
+            args.experiment,
+            validate_image(args.image),
+            _set_args(args.set),
+            args.run_name,
+            namespace=args.namespace,
+            token=read_token(args.token_file),
+        )
         print(f"submitted run {run.run_id}", file=sys.stderr)
     return 0
 

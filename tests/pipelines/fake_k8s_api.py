@@ -3,7 +3,8 @@
 No real API server can run on the test machines, so this one speaks just enough of the Kubernetes REST
 protocol for `kubernetes.client.CustomObjectsApi` (create / get / delete of namespaced custom objects) on
 127.0.0.1, stores objects in memory, and moves a job through the statuses a test scripts (as the Trainer
-controller would). It checks nothing a real API server would (no schema, admission, RBAC).
+controller would). By itself it checks nothing a real API server would (no schema, admission, RBAC); a test
+passes `admit` to play that part on a create (tests/pipelines/trainer_crd.py plays the Trainer CRDs and webhook).
 """
 
 from __future__ import annotations
@@ -11,19 +12,24 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 PATH = re.compile(
-    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
+    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/?]+)"
     r"(?:/(?P<name>[^/?]+))?"
 )
 
 
 class FakeApiServer:
-    """`statuses`: the `status` the job reports on successive GETs (the last one repeats)."""
+    """`statuses`: the `status` the job reports on successive GETs (the last one repeats). `admit(body, query)`:
+    the object to store for a create (query: the request's query parameters), or raise an exception carrying
+    `code`, `reason` and `message`, answered as the API server's Status."""
 
-    def __init__(self, statuses: list[dict] | None = None):
+    def __init__(self, statuses: list[dict] | None = None, admit: Callable[[dict, dict], dict] | None = None):
         self.objects: dict[tuple, dict] = {}
+        self.queries: list[dict] = []
         self.requests: list[tuple[str, str]] = []
         self.statuses = list(statuses or [{}])
         self.gets = 0
@@ -66,10 +72,20 @@ class FakeApiServer:
                 if (m := self._route()) is None:
                     return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                fake.queries.append(query)
                 key = (m["group"], m["ns"], m["plural"], body["metadata"]["name"])
                 if key in fake.objects:
                     self._status(409, "AlreadyExists", f"{key[-1]} already exists")
                     return
+                if admit is not None:
+                    try:
+                        body = admit(body, query)
+                    except Exception as e:  # the refusal a real API server would answer
+                        if not hasattr(e, "code"):
+                            raise
+                        self._status(e.code, e.reason, e.message)
+                        return
                 body["metadata"]["namespace"] = m["ns"]
                 fake.objects[key] = body
                 self._reply(201, body)

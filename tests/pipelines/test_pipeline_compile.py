@@ -23,7 +23,7 @@ TRAIN_STEPS = ("pretrain", "pretrain_trainjob", "select_checkpoint", "evaluate")
 
 
 @pytest.fixture(scope="module")
-def ir(tmp_path_factory):
+def ir_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("ir") / "xkd.yaml"
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.xkd_pipeline", "compile", "--output", str(out), "--image", IMAGE],
@@ -33,7 +33,12 @@ def ir(tmp_path_factory):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    spec, platform = yaml.safe_load_all(out.read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def ir(ir_file):
+    spec, platform = yaml.safe_load_all(ir_file.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
@@ -226,3 +231,54 @@ def test_pinned_images_are_accepted(image):
 def test_floating_or_malformed_images_are_refused(image):
     with pytest.raises(UsageError, match="must be pinned"):
         images.validate_image(image)
+
+
+def parse_ir(path: Path) -> tuple:
+    """The compiled YAML as the KFP backend reads it: the pipeline spec, its deployment config and every task's
+    Kubernetes executor config parsed into their protobuf messages, any field the messages do not define being
+    an error (json_format rejects unknown fields unless told to ignore them): a typo'd or misplaced setting
+    fails here instead of being dropped by the backend."""
+    from google.protobuf import json_format
+    from kfp.kubernetes.kubernetes_executor_config_pb2 import KubernetesExecutorConfig
+    from kfp.pipeline_spec import pipeline_spec_pb2 as pb
+
+    spec_doc, platform_doc = yaml.safe_load_all(path.read_text())
+    spec = json_format.ParseDict(spec_doc, pb.PipelineSpec(), ignore_unknown_fields=False)
+    deployment = json_format.ParseDict(spec_doc["deploymentSpec"], pb.PipelineDeploymentConfig())
+    platform = json_format.ParseDict(platform_doc, pb.PlatformSpec())
+    executors = {
+        name: json_format.ParseDict(config, KubernetesExecutorConfig())
+        for name, config in platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()
+    }
+    assert set(executors) == set(platform.platforms["kubernetes"].deployment_spec.executors)
+    return spec, deployment, executors
+
+
+def test_every_task_runs_as_the_image_user_in_the_strictly_parsed_ir(ir_file):
+    from google.protobuf import json_format
+    from kfp.kubernetes.kubernetes_executor_config_pb2 import KubernetesExecutorConfig
+
+    spec, deployment, executors = parse_ir(ir_file)
+    assert set(executors) == set(deployment.executors)  # every task's container has its config
+    for name, config in executors.items():
+        ctx = config.security_context  # what the backend applies to the task's container
+        assert (ctx.run_as_user, ctx.run_as_group, ctx.run_as_non_root) == (k8s.IMAGE_UID, k8s.IMAGE_GID, True), name
+    # the parse is strict: a field the message does not define is refused, not dropped
+    with pytest.raises(json_format.ParseError, match="fsGroup"):
+        json_format.ParseDict({"securityContext": {"fsGroup": "10001"}}, KubernetesExecutorConfig())
+
+
+def test_scores_are_kfp_metrics_and_the_report_is_markdown_in_the_strictly_parsed_ir(ir_file, ir):
+    spec, _, _ = parse_ir(ir_file)
+    comps = {t.fn: t for t in every_task(ir[0]) if t.fn}
+    outputs = {
+        fn: {
+            name: a.artifact_type.schema_title
+            for name, a in spec.components[comps[fn].body["componentRef"]["name"]].output_definitions.artifacts.items()
+        }
+        for fn in ("evaluate", "report")
+    }
+    assert outputs == {
+        "evaluate": {"metrics": "system.Artifact", "scores": "system.Metrics"},  # the UI's scalar metrics
+        "report": {"output": "system.Artifact", "report_md": "system.Markdown"},  # rendered on the run page
+    }

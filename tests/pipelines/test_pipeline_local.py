@@ -57,7 +57,7 @@ def start_dvc(project: Path, inputs: dict[str, Path]) -> subprocess.Popen:
         shutil.copytree(path, project / "data" / "micro" / name)
         params["datasets"][name]["raw"] = f"data/micro/{name}"
     params["pretrain"]["max_steps"] = 2
-    params["eval"] = {**params.get("eval", {}), "specs": SPECS, "controls": []}
+    params["eval"] = {"specs": {f"{s['dataset']}-{s['protocol']}": {**s, "features": "encoder"} for s in SPECS}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,

@@ -113,3 +113,51 @@ def test_trainjob_task_passes_max_steps_and_the_data_mount_through(monkeypatch, 
     assert calls[0].get("mount_path", mount_default) == k8s.DATA_MOUNT
     # the launched pods run `components.pretrain --max-steps 0`: the config's full schedule, as dvc.yaml passes it
     assert trainjob.pretrain_args("c.yaml", "c", "s", "o", max_steps)[-2:] == ["--max-steps", str(max_steps)]
+
+
+def test_evaluate_task_publishes_its_scores_as_kfp_metrics(monkeypatch, tmp_path):
+    """The KFP run page shows a Metrics artifact's scalars: the spec's mean, std and every fold's score."""
+    from kfp.dsl import Artifact, Metrics, Model
+
+    import components.evaluate
+
+    folds = [{"fold": 1, "top1": 61.25, "top5": 90.0}, {"fold": 2, "top1": 70.0, "top5": 95.0}]
+
+    def run(*args, **kwargs):  # the step's return value: metrics.json's content
+        return {"metric": "top1", "mean": 65.625, "std": 4.375, "folds": folds}
+
+    monkeypatch.setattr(components.evaluate, "run", run)
+    scores = Metrics(name="scores", uri=str(tmp_path / "scores"))
+    tasks.evaluate.python_func(
+        spec={"dataset": "esc10", "protocol": "svm", "role": "student", "folds": "all", "preset": "tiny"},
+        cache_root=str(tmp_path),
+        tracking_uri="sqlite:///x.db",
+        mlflow_parent="p",
+        selection=Model(name="selection", uri=str(tmp_path / "selection")),
+        metrics=Artifact(name="metrics", uri=str(tmp_path / "metrics")),
+        scores=scores,
+    )
+    assert scores.metadata == {"mean_top1": 65.625, "std_top1": 4.375, "fold1_top1": 61.25, "fold2_top1": 70.0}
+
+
+def test_report_task_publishes_report_md_as_a_markdown_artifact(monkeypatch, tmp_path):
+    from kfp.dsl import Artifact, Markdown
+
+    import components.report
+
+    def run(metrics, output, **kwargs):  # writes report.md where the step does
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "report.md").write_text("# XKD report\n\n| dataset | top1 |\n| --- | --- |\n")
+        return tmp_path / "out" / "report.md"
+
+    monkeypatch.setattr(components.report, "run", run)
+    md = Markdown(name="report_md", uri=str(tmp_path / "report_md"))
+    tasks.report.python_func(
+        metrics=[Artifact(name="m", uri=str(tmp_path / "m"))],
+        pretrain_dir="/data/outputs/pretrain",
+        tracking_uri="sqlite:///x.db",
+        mlflow_parent="p",
+        output=Artifact(name="output", uri=str(tmp_path / "out")),
+        report_md=md,
+    )
+    assert (tmp_path / "report_md").read_text() == (tmp_path / "out" / "report.md").read_text()

@@ -113,7 +113,7 @@ def test_launcher_creates_polls_until_complete_and_deletes():
         assert obj["status"]["conditions"][0]["type"] == "Complete" and fake.gets == 3
         methods = [m for m, _ in fake.requests]
         assert methods == ["POST", "GET", "GET", "GET", "DELETE"]
-        assert fake.requests[0][1] == "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team/trainjobs"
+        assert fake.requests[0][1].split("?")[0] == "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team/trainjobs"
         assert not fake.objects and any("deleted" in line for line in logs)
 
 
