@@ -2,7 +2,7 @@
 
     python -m components.build_avdigits --fsdd data/fsdd --output DIR --seed S [--clips 1000]
         [--pairing matched|mismatched] [--utterances 2] [--video-clips-per-image 2] [--video-images N]
-        [--digits 0,1,...,9] [--workers W]
+        [--digits 0,1,...,9] [--workers W] [--background noisy|clean] [--digit-px 44,64]
 
 DIR/pretrain/clip_NNNNN.mp4 (h264 + aac, 128x128, 25 fps, 4.5 s; no label in names or tags) from FSDD training
 recordings and the first half of scikit-learn's digit images; DIR/pretrain_labels.csv holds their ground truth
@@ -17,9 +17,12 @@ import argparse
 import os
 import sys
 
-from xkd.data.avdigits import MAX_UTTERANCES, build
+from xkd.data.avdigits import DIGIT_PX, MAX_UTTERANCES, SIZE, build
 from xkd.data.media import require_ffmpeg
 from xkd.errors import UsageError, cli, step_parser
+from xkd.log import logger
+
+log = logger(__name__)
 
 MAX_CLIPS = 100_000  # ~10 GB at ~100 kB a clip; past it a typo (--clips 1e7) would fill the disk
 MAX_CLIPS_PER_IMAGE = 50
@@ -35,6 +38,18 @@ def _digits(text: str) -> list[int]:
     return digits
 
 
+def _digit_px(text: str) -> tuple[int, int]:
+    """`--digit-px LO,HI`: the digit's side drifts within [LO, HI] px; the path needs 8 px of slack both ways."""
+    rule = f"--digit-px {text!r}: expected LO,HI in pixels with 8 <= LO, LO + 8 <= HI <= {SIZE - 8}, e.g. 44,64"
+    try:
+        lo, hi = (int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(rule) from None
+    if not (8 <= lo and lo + 8 <= hi <= SIZE - 8):
+        raise UsageError(rule)
+    return lo, hi
+
+
 def run(
     fsdd: str,
     output: str,
@@ -47,6 +62,8 @@ def run(
     video_images: int | None = None,
     digits: str = "0,1,2,3,4,5,6,7,8,9",
     workers: int = 1,
+    background: str = "noisy",
+    digit_px: str = "{},{}".format(*DIGIT_PX),
 ) -> dict:
     """Validate the arguments and build the corpus; return the summary (see xkd.data.avdigits.build)."""
     require_ffmpeg()
@@ -67,6 +84,9 @@ def run(
         raise UsageError(f"--video-images must be non-negative (got {video_images})")
     if workers < 1:
         raise UsageError(f"--workers must be positive (got {workers})")
+    if background not in ("noisy", "clean"):
+        raise UsageError(f"--background must be noisy or clean (got {background!r})")
+    sides = _digit_px(digit_px)
     if not os.path.isdir(fsdd):
         raise UsageError(f"--fsdd {fsdd}: no such folder (the vendored copy is data/fsdd)")
     if os.path.exists(output) and not os.path.isdir(output):
@@ -83,6 +103,8 @@ def run(
         video_images=video_images,
         digits=picked,
         workers=workers,
+        background=background,
+        digit_px=sides,
     )
 
 
@@ -103,6 +125,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--video-images", type=int, default=None, help="held-out images rendered (default: all 899)")
     ap.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9", help="digits used, comma-separated")
     ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1), help="worker processes")
+    ap.add_argument(
+        "--background",
+        choices=("noisy", "clean"),
+        default="noisy",
+        help="noisy: faint video noise and -45 dBFS audio noise; clean: a flat frame and digital silence "
+        "(what masked reconstruction with normalised targets can learn on a CPU budget)",
+    )
+    ap.add_argument("--digit-px", default="{},{}".format(*DIGIT_PX), help="LO,HI: the digit's side drifts within")
     return ap
 
 
@@ -120,16 +150,17 @@ def main(argv: list[str] | None = None) -> int:
         video_images=args.video_images,
         digits=args.digits,
         workers=args.workers,
+        background=args.background,
+        digit_px=args.digit_px,
     )
     if summary["up_to_date"]:
-        print(f"{args.output}: up to date (same args, inputs and tool versions); nothing to do", file=sys.stderr)
+        log.info(f"{args.output}: up to date (same args, inputs and tool versions); nothing to do")
         return 0
     n = summary["clips"]
-    print(
+    log.info(
         f"{args.output}: {summary['pretrain']} pretrain + {summary['digits_video']} digits-video clips, "
         f"{summary['bytes'] / 1e6:.1f} MB ({summary['bytes'] / max(n, 1) / 1e3:.0f} kB/clip), "
-        f"{summary['seconds']:.1f} s ({summary['seconds'] * summary['workers'] / max(n, 1):.3f} s/clip/worker)",
-        file=sys.stderr,
+        f"{summary['seconds']:.1f} s ({summary['seconds'] * summary['workers'] / max(n, 1):.3f} s/clip/worker)"
     )
     return 0
 

@@ -83,7 +83,7 @@ class XKDConfig:
     head_hidden: int = 2048
     head_bottleneck: int = 256
     head_out: int = 8192
-    # input geometry (identical in every preset)
+    # input geometry: the paper's in every preset; a config may set a smaller one (xkd.data.geometry checks it)
     video_input: tuple[int, ...] = (3, 32, 112, 112)
     video_tubelet: tuple[int, ...] = (4, 16, 16)
     video_local: tuple[int, ...] = (3, 8, 96, 96)
@@ -159,7 +159,7 @@ class XKDConfig:
         return dataclasses.asdict(self)
 
 
-# Width/depth/heads only: the input geometry never changes between presets (Contracts).
+# Width/depth/heads only: every preset keeps the paper's input geometry (Contracts); a config may override it.
 # `tiny` is the configuration of the official key-layout fixture (encoder 64x2x4, decoder 32x1,
 # head 128->32->256), so the converter is tested on exactly that layout.
 _PRESET_SIZES = {

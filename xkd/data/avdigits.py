@@ -20,10 +20,10 @@ whatever the number of workers (libx264 runs single-threaded, both encoders with
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import shutil
-import sys
 import time
 import wave
 from concurrent.futures import ProcessPoolExecutor
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import ffmpeg
 import numpy as np
-from tqdm import tqdm
 
 from xkd.errors import UsageError
+from xkd.log import progress
 
 FPS = 25
 SIZE = 128
@@ -77,6 +77,8 @@ class ClipPlan:
     onsets: tuple[int, ...]  # utterance start/end, in 16 kHz samples
     offsets: tuple[int, ...]
     recordings: tuple[str, ...] = ()  # absolute wav paths; empty -> no audio stream
+    background: str = "noisy"  # "noisy": faint video noise + NOISE_DBFS audio noise; "clean": flat frame, silence
+    digit_px: tuple[int, int] = DIGIT_PX
 
 
 # ---------------------------------------------------------------- inputs
@@ -308,7 +310,7 @@ def render_luma(plan: ClipPlan, rng: np.random.Generator) -> np.ndarray:
     """(N_FRAMES, SIZE, SIZE) uint8 luma: the digit moving along a smooth random path, scale varying slowly,
     brighter while spoken, over a dark background with faint noise."""
     t = np.arange(N_FRAMES) / FPS
-    lo, hi = DIGIT_PX
+    lo, hi = plan.digit_px
     mid, swing = rng.uniform(lo + 4, hi - 4), rng.uniform(2, 4)
     side = mid + swing * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 2 * np.pi))
     reach = (SIZE - side.max()) / 2 - 1  # keep the whole image box inside the frame
@@ -326,6 +328,8 @@ def render_luma(plan: ClipPlan, rng: np.random.Generator) -> np.ndarray:
     ink *= gain[:, None, None]
     ink += BACKGROUND_Y + 0.5  # + 0.5 then truncation: rounding
     luma = ink.astype(np.uint8)
+    if plan.background == "clean":
+        return np.clip(luma, 16, 235, out=luma)
     # faint noise, cheaply: two 3-bit fields of random bytes summed, a triangular -7..7 (std 3.2 luma levels)
     noise = np.frombuffer(rng.bytes(luma.size), dtype=np.uint8).reshape(luma.shape)
     luma += (noise & 7) + ((noise >> 3) & 7)  # at most 20 + 210 + 14 = 244: no uint8 overflow
@@ -346,7 +350,8 @@ def mix_audio(plan: ClipPlan, rng: np.random.Generator) -> np.ndarray:
 
     torch.set_num_threads(1)
     total = int(DURATION_S * SAMPLE_RATE)
-    track = rng.normal(0, 10 ** (NOISE_DBFS / 20), total)
+    # clean: digital silence between utterances (masked reconstruction cannot learn noise patches)
+    track = np.zeros(total) if plan.background == "clean" else rng.normal(0, 10 ** (NOISE_DBFS / 20), total)
     for path, start, end in zip(plan.recordings, plan.onsets, plan.offsets, strict=True):
         speech = taf.resample(torch.from_numpy(_read_wav(path)), FSDD_RATE, SAMPLE_RATE).numpy().astype(np.float64)
         assert len(speech) == end - start, (path, len(speech), end - start)
@@ -473,6 +478,8 @@ def build(
     video_images: int | None,
     digits: list[int],
     workers: int,
+    background: str = "noisy",
+    digit_px: tuple[int, int] = DIGIT_PX,
 ) -> dict:
     """Build the corpus into `output` (see the module docstring); return a summary dict."""
     out, root = Path(output), Path(fsdd)
@@ -484,6 +491,8 @@ def build(
         "digits": digits,
         "video_clips_per_image": video_clips_per_image,
         "video_images": video_images,
+        "background": background,
+        "digit_px": list(digit_px),
     }
     recordings, fingerprint = load_fsdd(root)
     record = {"args": args, "versions": tool_versions(), "fsdd_sha256": fingerprint}
@@ -515,7 +524,7 @@ def build(
         utterances=utterances,
         digits=digits,
     )
-    plans += video_plans
+    plans = [dataclasses.replace(p, background=background, digit_px=tuple(digit_px)) for p in plans + video_plans]
     stage = out / ".building"  # rendered here, then moved into place: an interrupted build leaves no half output
     shutil.rmtree(stage, ignore_errors=True)
     for sub in ("pretrain", "digits-video", "tmp"):
@@ -556,7 +565,7 @@ BATCH = 8  # clips per ffmpeg process
 
 def _render_all(plans: list[ClipPlan], stage: Path, workers: int) -> list[tuple[str, str, int]]:
     batches = [plans[i : i + BATCH] for i in range(0, len(plans), BATCH)]
-    bar = tqdm(total=len(plans), desc="build avdigits", unit="clip", dynamic_ncols=True, file=sys.stderr)
+    bar = progress(total=len(plans), desc="build avdigits", unit="clip")
     results = []
     try:
         if workers == 1:

@@ -7,10 +7,13 @@ comes from a generator seeded by (seed, epoch, position), so views depend neithe
 workers nor on which worker draws them, different ranks/positions get different views, and a resumed
 run (`EpochSampler.start`) sees exactly the views an uninterrupted one would have.
 
-Per sample (uint8 video, float audio; the photometric half runs after collation, see photometric.py):
-    video        uint8 [3, 32, 112, 112]  + video_aug [12]           (sizes: xkd.data.geometry)
-    video_local  list of uint8 [3, 8, 96, 96] (L views) + video_local_aug list of [12]
-    audio        float [1, 80, 448];  audio_local list of float [1, 80, 112]
+Per sample (uint8 video, float audio; the photometric half runs after collation, see photometric.py), in the
+sizes of `ViewConfig.geometry` (the model config's, `xkd.data.geometry.Geometry`; the paper's in brackets):
+    video        uint8 [3, clip_frames, size, size] ([3, 32, 112, 112]) + video_aug [12]
+    video_local  list of uint8 [3, local_frames, local_size, local_size] ([3, 8, 96, 96]; L views)
+                 + video_local_aug list of [12]
+    audio        float [1, 80, clip_spec_frames] ([1, 80, 448])
+    audio_local  list of float [1, 80, local_spec_frames] ([1, 80, 112])
     padded_video / padded_audio  bool (short clips are padded, never skipped: see views.py)
     skipped      bool (an unreadable clip when on_unreadable="skip": collate drops it and counts it)
 """
@@ -26,6 +29,7 @@ from torch.utils.data import Dataset, Sampler, default_collate
 
 from xkd.data import geometry, views
 from xkd.data.cache import CacheReader
+from xkd.data.geometry import PAPER, Geometry
 from xkd.data.photometric import apply as apply_photometric
 
 
@@ -38,8 +42,7 @@ class ViewConfig:
     blur_sigma: str = "official"  # "official" fixed (0.1, 2.0) | "sampled" isotropic U(0.1, 2)
     photometric_on: str = "device"  # "device": after collation (finish_batch) | "loader": here
     on_unreadable: str = "raise"  # "raise" names the clip | "skip": dropped by collate and counted
-    size: int = geometry.VIDEO_SIZE
-    local_size: int = geometry.LOCAL_SIZE
+    geometry: Geometry = PAPER  # window lengths and crop sides: from the model config (from_config)
     global_scale: tuple[float, float] = (0.2, 1.0)
     local_scale: tuple[float, float] = (0.08, 0.4)
     grey_p: float = 0.2
@@ -57,6 +60,7 @@ class ViewConfig:
             blur_sigma=cfg.data.blur_sigma,
             on_unreadable=cfg.data.on_unreadable,
             align_local_views=cfg.model.align_local_views,
+            geometry=Geometry.from_model(cfg.model),
         )
 
     def __post_init__(self):
@@ -95,9 +99,9 @@ class PretrainDataset(Dataset):
         self.clips = CacheReader(clips_dir)
         self.specs = CacheReader(spectrograms_dir) if config.audio_source == "spectrogram" else None
         # a cache at another fps / sample rate is refused here, not deep in a worker
-        geometry.check_clip_cache(self.clips, audio=self.specs is None)
+        geometry.check_clip_cache(self.clips, audio=self.specs is None, geom=config.geometry)
         if self.specs is not None:
-            geometry.check_spectrogram_cache(self.specs)
+            geometry.check_spectrogram_cache(self.specs, geom=config.geometry)
         usable, self.excluded = [], {"no_audio": [], "no_spectrogram": []}
         wanted = set(clip_ids) if clip_ids is not None else None
         for cid, entry in self.clips.entries.items():
@@ -135,6 +139,7 @@ class PretrainDataset(Dataset):
 
     def _views(self, cid: str, g: torch.Generator) -> dict:
         cfg, entry = self.config, self.clips.entry(cid)
+        geom = cfg.geometry
         wave = spec = None
         if self.specs is None:
             wave = torch.from_numpy(self.clips.audio(cid))
@@ -151,33 +156,36 @@ class PretrainDataset(Dataset):
             entry["audio"]["start_s"],
             fps=fps,
             sample_rate=rate,
+            geom=geom,
         )
-        frames, _ = self.clips.clip(cid, frames=slice(win.frame0, win.frame0 + views.CLIP_FRAMES))
-        clip = views.window_frames(frames.permute(0, 3, 1, 2), 0)  # [32, 3, H, W] uint8
+        frames, _ = self.clips.clip(cid, frames=slice(win.frame0, win.frame0 + geom.clip_frames))
+        clip = views.window_frames(frames.permute(0, 3, 1, 2), 0, geom.clip_frames)  # [T, 3, H, W] uint8
         _, _, h, w = clip.shape
 
         box = views.rrc_params(g, h, w, cfg.global_scale)
-        video = views.resized_crop(clip, box, cfg.size, flip=views.uniform(g, 0, 1) < 0.5)
+        video = views.resized_crop(clip, box, geom.size, flip=views.uniform(g, 0, 1) < 0.5)
         video_aug = views.draw_photometric(g, blur_sigma=cfg.blur_sigma)
         locals_, local_augs, local_starts = [], [], []
         for _ in range(cfg.video_local_views):
-            start = views.randint(g, 0, views.CLIP_FRAMES - views.LOCAL_FRAMES)
+            start = views.randint(g, 0, geom.clip_frames - geom.local_frames)
             local_starts.append(start)
-            part = clip[start : start + views.LOCAL_FRAMES]
+            part = clip[start : start + geom.local_frames]
             box = views.rrc_params(g, h, w, cfg.local_scale)
-            locals_.append(views.resized_crop(part, box, cfg.local_size, flip=views.uniform(g, 0, 1) < 0.5))
+            locals_.append(views.resized_crop(part, box, geom.local_size, flip=views.uniform(g, 0, 1) < 0.5))
             local_augs.append(
                 views.draw_photometric(g, grey_p=cfg.grey_p, blur_p=cfg.blur_p, blur_sigma=cfg.blur_sigma)
             )
 
         sample = {
-            "video": video.permute(1, 0, 2, 3).contiguous(),  # [3, 32, 112, 112]
+            "video": video.permute(1, 0, 2, 3).contiguous(),  # [3, T, S, S]
             "video_aug": video_aug.as_tensor(),
             "video_local": [v.permute(1, 0, 2, 3).contiguous() for v in locals_],
             "video_local_aug": [a.as_tensor() for a in local_augs],
-            "audio": views.audio_global(g, wave, spec, win.sample0),
+            "audio": views.audio_global(g, wave, spec, win.sample0, geom=geom),
             "audio_local": [
-                views.audio_local(g, wave, spec, win.sample0, start=self._aligned(local_starts, i, win, fps, rate))
+                views.audio_local(
+                    g, wave, spec, win.sample0, start=self._aligned(local_starts, i, win, fps, rate), geom=geom
+                )
                 for i in range(cfg.audio_local_views)
             ],
             "padded_video": win.padded_video,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from xkd.data.geometry import CLIP_FRAMES, CLIP_S, CLIP_SAMPLES, FPS, LOCAL_FRAMES, LOCAL_SAMPLES  # noqa: F401
+# the paper constants stay importable from here (benchmarks); the views themselves read a Geometry
+from xkd.data.geometry import CLIP_FRAMES, CLIP_S, CLIP_SAMPLES, FPS, LOCAL_FRAMES, LOCAL_SAMPLES, PAPER, Geometry  # noqa: F401
 from xkd.data.logmel import HOP, LOG_EPS, NORM_MEAN, NORM_STD, SAMPLE_RATE, frames_for, log_mel
 
 SILENCE = (math.log(LOG_EPS) - NORM_MEAN) / NORM_STD  # log-mel of zeros
@@ -35,10 +36,10 @@ def randint(g: torch.Generator, low: int, high: int) -> int:
 
 @dataclass(frozen=True)
 class Window:
-    frame0: int  # first video frame of the 4 s window (cache frame index)
+    frame0: int  # first video frame of the window (cache frame index)
     sample0: int  # first audio sample of the same window, aligned to the sample
-    padded_video: bool  # the clip has fewer than 32 frames: the last frame is repeated
-    padded_audio: bool  # the audio is shorter than 4 s from sample0: zeros are appended
+    padded_video: bool  # the clip has fewer than geom.clip_frames frames: the last frame is repeated
+    padded_audio: bool  # the audio is shorter than the window from sample0: zeros are appended
 
 
 def draw_window(
@@ -50,13 +51,15 @@ def draw_window(
     position: float | None = None,
     fps: float = FPS,
     sample_rate: int = SAMPLE_RATE,
+    geom: Geometry = PAPER,
 ) -> Window:
-    """The official t0 rule (§1.1): t0 uniform over the span where both 4 s windows fit, the audio window
-    starting at the video window's t0. t0 lives on the frame grid of the cache, so the audio start
-    is exact to the sample. A stream shorter than 4 s starts at 0 and the other is drawn on its own.
-    `position` in [0, 1] replaces the random draw (evaluation: uniformly spaced windows). `fps` and
+    """The official t0 rule (§1.1): t0 uniform over the span where both windows (4 s in the paper) fit, the
+    audio window starting at the video window's t0. t0 lives on the frame grid of the cache, so the audio
+    start is exact to the sample. A stream shorter than the window starts at 0 and the other is drawn on its
+    own. `position` in [0, 1] replaces the random draw (evaluation: uniformly spaced windows). `fps` and
     `sample_rate` are what the cache recorded (its manifest entry); readers refuse caches whose rates
-    are not the views' (`xkd.data.geometry`), so CLIP_FRAMES / CLIP_SAMPLES span the same 4 s."""
+    are not the views' (`xkd.data.geometry`), so geom.clip_frames and geom.clip_samples span the same time."""
+    clip_frames, clip_samples = geom.clip_frames, geom.clip_samples
 
     def pick(low: int, high: int) -> int:
         if high <= low:
@@ -65,23 +68,23 @@ def draw_window(
             return low + round(position * (high - low))
         return randint(g, low, high)
 
-    v_ok = frames >= CLIP_FRAMES
-    a_ok = samples is not None and samples >= CLIP_SAMPLES
+    v_ok = frames >= clip_frames
+    a_ok = samples is not None and samples >= clip_samples
     if v_ok and a_ok:
         offset = audio_start_s - video_start_s  # the audio stream starts this much later
         lo = max(0, math.ceil(offset * fps))  # t0 must lie inside the audio stream
-        hi = min(frames - CLIP_FRAMES, math.floor((offset * sample_rate + samples - CLIP_SAMPLES) * fps / sample_rate))
+        hi = min(frames - clip_frames, math.floor((offset * sample_rate + samples - clip_samples) * fps / sample_rate))
         if hi >= lo:
             frame0 = pick(lo, hi)
             sample0 = round((frame0 / fps - offset) * sample_rate)
-            return Window(frame0, min(max(sample0, 0), samples - CLIP_SAMPLES), False, False)
-    # no common 4 s span: each stream on its own, a short one from its start (and padded)
-    frame0 = pick(0, frames - CLIP_FRAMES) if v_ok else 0
-    sample0 = pick(0, samples - CLIP_SAMPLES) if a_ok else 0
+            return Window(frame0, min(max(sample0, 0), samples - clip_samples), False, False)
+    # no common span: each stream on its own, a short one from its start (and padded)
+    frame0 = pick(0, frames - clip_frames) if v_ok else 0
+    sample0 = pick(0, samples - clip_samples) if a_ok else 0
     return Window(frame0, sample0, not v_ok, samples is not None and not a_ok)
 
 
-def window_frames(video: torch.Tensor, frame0: int, n: int = CLIP_FRAMES) -> torch.Tensor:
+def window_frames(video: torch.Tensor, frame0: int, n: int) -> torch.Tensor:
     """n frames from frame0; a clip that is too short repeats its last frame (counted by the caller)."""
     clip = video[frame0 : frame0 + n]
     if len(clip) < n:
@@ -244,14 +247,19 @@ def byol_rrc(spec: torch.Tensor, g: torch.Generator, scale=(0.6, 1.5), virtual_t
 
 
 def audio_global(
-    g: torch.Generator | None, wave: torch.Tensor | None, spec: torch.Tensor | None, sample0: int, gain_range=(0.9, 1.1)
+    g: torch.Generator | None,
+    wave: torch.Tensor | None,
+    spec: torch.Tensor | None,
+    sample0: int,
+    gain_range=(0.9, 1.1),
+    geom: Geometry = PAPER,
 ) -> torch.Tensor:
-    """[1, 80, 448]: from the waveform (exact: gain before the log-mel) or from the cached spectrogram
-    (the gain as an additive shift)."""
+    """[1, 80, geom.clip_spec_frames] (448 in the paper): from the waveform (exact: gain before the log-mel) or
+    from the cached spectrogram (the gain as an additive shift)."""
     gain = uniform(g, *gain_range) if g is not None else 1.0
     if wave is not None:
-        return log_mel(audio_window(wave, sample0, CLIP_SAMPLES) * gain)[None]
-    return (spec_window(spec, sample0, CLIP_SAMPLES) + volume_shift(gain))[None]
+        return log_mel(audio_window(wave, sample0, geom.clip_samples) * gain)[None]
+    return (spec_window(spec, sample0, geom.clip_samples) + volume_shift(gain))[None]
 
 
 def audio_local(
@@ -261,15 +269,16 @@ def audio_local(
     sample0: int,
     gain_range=(0.8, 1.2),
     start: int | None = None,
+    geom: Geometry = PAPER,
 ) -> torch.Tensor:
-    """[1, 80, 112]: 1 s at a random multiple of 100 samples inside the 4 s window (official: not
-    time-aligned with the video local view), or from `start` (align_local_views), volume jitter,
-    BYOL-A random resize crop."""
+    """[1, 80, geom.local_spec_frames] (1 s = 112 in the paper) at a random multiple of 100 samples inside the
+    global window (official: not time-aligned with the video local view), or from `start` (align_local_views),
+    volume jitter, BYOL-A random resize crop."""
     if start is None:
-        start = sample0 + 100 * randint(g, 0, (CLIP_SAMPLES - LOCAL_SAMPLES) // 100)
+        start = sample0 + 100 * randint(g, 0, (geom.clip_samples - geom.local_samples) // 100)
     gain = uniform(g, *gain_range)
     if wave is not None:
-        spec1 = log_mel(audio_window(wave, start, LOCAL_SAMPLES) * gain)
+        spec1 = log_mel(audio_window(wave, start, geom.local_samples) * gain)
     else:
-        spec1 = spec_window(spec, start, LOCAL_SAMPLES) + volume_shift(gain)
+        spec1 = spec_window(spec, start, geom.local_samples) + volume_shift(gain)
     return byol_rrc(spec1, g)[None]

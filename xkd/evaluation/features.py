@@ -9,10 +9,10 @@ Feature sources (same code path, so controls are comparable):
 - `pixel-stats`: hand-made video features, no network (`pixel_stats`, 576-d): each frame of the
   (normalised) view averaged down to an 8x8 grid per colour channel, then per cell the mean and the std
   over the 32 frames and the temporal-difference energy (mean squared change between consecutive frames).
-Views per sample (`xkd.evaluation.views`, the one implementation): `train_views` augmented 4 s clips (video:
-RandomResizedCrop 0.08-1, flip, colour jitter, grey 0.2; audio: gain U(0.9, 1.1)) and `test_clips` uniformly
-spaced windows x `test_crops` crops; on audio+video datasets view i of both modalities is the same time span,
-and the L2-normalised video and audio features are concatenated.
+Views per sample (`xkd.evaluation.views`, the one implementation, in the evaluated encoder's geometry: 4 s clips
+in the paper's): `train_views` augmented clips (video: RandomResizedCrop 0.08-1, flip, colour jitter, grey 0.2;
+audio: gain U(0.9, 1.1)) and `test_clips` uniformly spaced windows x `test_crops` crops; on audio+video datasets
+view i of both modalities is the same time span, and the L2-normalised video and audio features are concatenated.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import model as xkd_model
+from xkd.data.geometry import PAPER, Geometry
 from xkd.data.pretrain_dataset import sample_seed
 from xkd.evaluation import views as eval_views
 from xkd.evaluation.views import EvalViews, ViewSettings
@@ -105,12 +106,11 @@ def compute(
     modalities are drawn from both streams and agree view by view."""
     # a rebuilt cache (either one: both shape the windows) or changed view code never reuses stale features
     manifests = [file_sha256(r.directory / "manifest.jsonl") for r in (source_views.clips, source_views.specs) if r]
-    key = hashlib.sha256(
-        json.dumps(
-            [source.digest(modality), modality, manifests, eval_views.VIEWS_VERSION, sorted(clip_ids), asdict(vs)],
-            default=list,
-        ).encode()
-    ).hexdigest()[:20]
+    vs = source_views.settled(vs)  # the crop side the views use, so an explicit 112 and the default share a key
+    parts = [source.digest(modality), modality, manifests, eval_views.VIEWS_VERSION, sorted(clip_ids), asdict(vs)]
+    if source_views.geometry != PAPER:  # the paper geometry keeps the key it had before geometries existed
+        parts.append(asdict(source_views.geometry))
+    key = hashlib.sha256(json.dumps(parts, default=list).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"{modality}-{key}.safetensors" if cache_dir else None
     cached = _read_cached(path, clip_ids) if path is not None else None
     if cached is not None:
@@ -163,10 +163,20 @@ def joint(video: dict[str, torch.Tensor], audio: dict[str, torch.Tensor]) -> dic
     return {k: torch.cat([F.normalize(video[k], dim=-1), F.normalize(audio[k], dim=-1)], -1) for k in video}
 
 
-def frozen_features(source: FeatureSource, clips, specs, ids: list[str], vs: ViewSettings, cache_dir: Path | None):
-    """A dataset's features: video and/or audio from its caches; with both, the aligned views joined per
-    index (`joint`), the audio test views repeated over the video's crops."""
-    feats, views = {}, EvalViews(clips, specs)  # both caches: aligned windows; a foreign geometry refused here
+def frozen_features(
+    source: FeatureSource,
+    clips,
+    specs,
+    ids: list[str],
+    vs: ViewSettings,
+    cache_dir: Path | None,
+    geometry: Geometry = PAPER,
+):
+    """A dataset's features in `geometry` (the evaluated encoder's, `eval_views.encoder_geometry`): video and/or
+    audio from its caches; with both, the aligned views joined per index (`joint`), the audio test views
+    repeated over the video's crops."""
+    views = EvalViews(clips, specs, geometry)  # both caches: aligned windows; a foreign fps/rate refused here
+    feats = {}
     if clips is not None:
         feats["video"] = compute(source, "video", views, ids, vs, cache_dir)
     if specs is not None:

@@ -17,14 +17,14 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import model as xkd_model
 from xkd.data import views
 from xkd.data.cache import CacheReader
 from xkd.data.pretrain_dataset import sample_seed
 from xkd.evaluation.protocols import topk
-from xkd.evaluation.views import EvalViews, ViewSettings
+from xkd.evaluation.views import EvalViews, ViewSettings, encoder_geometry
+from xkd.log import progress
 
 
 def _spec_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -44,7 +44,7 @@ def _train_view(modality: str, ev: EvalViews, cid: str, g: torch.Generator, s: d
     if modality == "audio":
         spec = torch.from_numpy(ev.specs.spectrogram(cid))
         (win,) = ev.windows(cid, g, 1)
-        x = views.audio_global(g, None, spec, win.sample0, (0.8, 1.2))
+        x = views.audio_global(g, None, spec, win.sample0, (0.8, 1.2), geom=ev.geometry)
         return views.byol_rrc(_spec_augment(x, g)[0], g)[None]
     vs = ViewSettings.from_settings(s, train_views=1, train_scale=(0.2, 0.766), grey_p=0.0)
     x = ev.views(cid, "video", vs, g)[0]
@@ -99,8 +99,11 @@ def finetune(
     batch, epochs, warm = s.get("batch_size", 16), s.get("epochs", 10), s.get("warmup_epochs", 1)
     steps_per_epoch = math.ceil(len(fit) / batch)
     total = epochs * steps_per_epoch
-    # the evaluation views (one implementation); a cache at a foreign fps / sample rate is refused here
-    ev = EvalViews(reader if modality == "video" else None, reader if modality == "audio" else None)
+    # the evaluation views (one implementation) in the encoder's geometry; a cache at a foreign fps / sample rate
+    # is refused here
+    ev = EvalViews(
+        reader if modality == "video" else None, reader if modality == "audio" else None, encoder_geometry(bundle)
+    )
     vs = ViewSettings.from_settings(s)
     test_views = {x.clip_id: ev.views(x.clip_id, modality, vs) for x in [train[i] for i in val_idx] + test}
     history, step = [], 0
@@ -108,7 +111,7 @@ def finetune(
         net.train()
         g = torch.Generator().manual_seed(sample_seed(seed, epoch, 0))
         order = torch.randperm(len(fit), generator=g).tolist()
-        for b in tqdm(range(0, len(fit), batch), desc=f"finetune epoch {epoch}/{epochs}", leave=False):
+        for b in progress(range(0, len(fit), batch), desc=f"finetune epoch {epoch}/{epochs}", leave=False):
             items = [fit[i] for i in order[b : b + batch]]
             x = torch.stack([_train_view(modality, ev, it.clip_id, g, s) for it in items])
             y = F.one_hot(torch.tensor([it.label for it in items]), classes).float()

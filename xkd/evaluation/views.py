@@ -1,15 +1,17 @@
 """Evaluation views, the one implementation (docs/xkd_spec.md §5.1, official `mode: video`): used by `EvalClips` and
 by the frozen-feature path (`xkd.evaluation.features.compute`) and fine-tuning's test views.
 
-- test views: `test_clips` uniformly spaced 4 s windows x `test_crops` crops (centre, or left/centre/right),
+- test views: `test_clips` uniformly spaced windows x `test_crops` crops (centre, or left/centre/right),
   no augmentation;
-- train views: `train_views` random 4 s windows; video RandomResizedCrop(train_scale), flip, colour jitter,
+- train views: `train_views` random windows; video RandomResizedCrop(train_scale), flip, colour jitter,
   grey; audio gain jitter.
-When both streams are used (audio+video datasets) the windows are drawn once per view from both the
-frames and the samples and both streams' start times, as pretraining does, so video view i and audio
-view i cover the same time span. The crop size comes from the settings (`size`).
+The windows and the crop side are the geometry of the encoder being evaluated (`encoder_geometry`: its
+bundle's model config; 4 s, 32 frames at 112 px and 448 log-mel frames in the paper); a `size` in the
+settings overrides the crop side. When both streams are used (audio+video datasets) the windows are drawn
+once per view from both the frames and the samples and both streams' start times, as pretraining does, so
+video view i and audio view i cover the same time span.
 
-    EvalClips(clips_dir=..., spectrograms_dir=..., clips_per_video=3, crops=1)[i] ->
+    EvalClips(clips_dir=..., spectrograms_dir=..., clips_per_video=3, crops=1)[i] ->   (paper geometry)
         {"clip_id", "video": float [K*crops, 3, 32, 112, 112] (ImageNet-normalised),
          "audio": float [K, 1, 80, 448], "padded_video", "padded_audio"}
 Audio-only datasets (ESC-50, FSD50K) pass only `spectrograms_dir`; video-only ones get no "audio".
@@ -17,15 +19,18 @@ Audio-only datasets (ESC-50, FSD50K) pass only `spectrograms_dir`; video-only on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import json
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xkd.data import geometry, photometric, views
+from xkd.data import geometry as geometry_checks
+from xkd.data import photometric, views
 from xkd.data.cache import CacheReader
+from xkd.data.geometry import PAPER, Geometry
 from xkd.data.photometric import IMAGENET_MEAN, IMAGENET_STD
 
 VIEWS_VERSION = 2  # part of the feature-cache key: bump whenever the views below change their numbers
@@ -40,7 +45,7 @@ class ViewSettings:
     grey_p: float = 0.2
     gain_jitter: float = 0.1
     seed: int = 0
-    size: int = geometry.VIDEO_SIZE  # crop side (the encoder's input)
+    size: int | None = None  # crop side; None: the encoder's input side (its geometry's `size`)
 
     @classmethod
     def from_settings(cls, settings: dict, **overrides) -> ViewSettings:
@@ -48,6 +53,17 @@ class ViewSettings:
         known = {f.name for f in fields(cls)}
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items() if k in known}
         return cls(**{**values, **overrides})
+
+
+def encoder_geometry(bundle=None, preset: str | None = None) -> Geometry:
+    """The input geometry of the encoder being evaluated: its bundle's `config.json` (the resolved model config
+    it was trained with); without a bundle (hand-made controls), the preset's, i.e. the paper geometry."""
+    import model
+
+    config = Path(bundle) / "config.json" if bundle else None
+    if config is not None and config.is_file():
+        return Geometry.from_model(model.from_dict(json.loads(config.read_text())))
+    return Geometry.from_model(model.preset(preset or "base"))
 
 
 def window_positions(k: int) -> list[float]:
@@ -69,16 +85,21 @@ def _open(cache) -> CacheReader | None:
 
 
 class EvalViews:
-    """Test and train views of one clip from a clip cache, a spectrogram cache, or both (then aligned)."""
+    """Test and train views of one clip from a clip cache, a spectrogram cache, or both (then aligned), in the
+    window lengths and crop side of `geometry` (the evaluated encoder's)."""
 
-    def __init__(self, clips=None, spectrograms=None):
+    def __init__(self, clips=None, spectrograms=None, geometry: Geometry = PAPER):
         if clips is None and spectrograms is None:
             raise ValueError("evaluation views need a clip cache, a spectrogram cache, or both")
-        self.clips, self.specs = _open(clips), _open(spectrograms)
+        self.clips, self.specs, self.geometry = _open(clips), _open(spectrograms), geometry
         if self.clips is not None:  # refused here, before any feature is computed
-            geometry.check_clip_cache(self.clips, audio=False)
+            geometry_checks.check_clip_cache(self.clips, audio=False, geom=geometry)
         if self.specs is not None:
-            geometry.check_spectrogram_cache(self.specs)
+            geometry_checks.check_spectrogram_cache(self.specs, geom=geometry)
+
+    def settled(self, vs: ViewSettings) -> ViewSettings:
+        """`vs` with the crop side filled in (the geometry's unless the settings name one)."""
+        return vs if vs.size is not None else replace(vs, size=self.geometry.size)
 
     def ids(self) -> list[str]:
         return (self.clips or self.specs).ids()
@@ -91,34 +112,36 @@ class EvalViews:
         kwargs = dict(
             video_start_s=video["start_s"] if video else 0.0,
             audio_start_s=audio["start_s"] if audio else 0.0,
-            fps=video["fps"] if video else geometry.FPS,
+            fps=video["fps"] if video else self.geometry.fps,
             sample_rate=audio["sample_rate"] if audio else views.SAMPLE_RATE,
+            geom=self.geometry,
         )
         if g is None:
             return [views.draw_window(None, frames, samples, position=p, **kwargs) for p in window_positions(n)]
         return [views.draw_window(g, frames, samples, **kwargs) for _ in range(n)]
 
     def video(self, cid: str, wins: list[views.Window], vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
-        """Test: normalised [n * test_crops, 3, 32, S, S]; train (g): augmented and normalised [n, 3, 32, S, S]."""
+        """Test: normalised [n * test_crops, 3, T, S, S]; train (g): augmented and normalised [n, 3, T, S, S]
+        (T the geometry's clip frames, S the crop side)."""
         frames = self.clips.clip(cid)[0].permute(0, 3, 1, 2)
-        out, params = [], []
+        out, params, size = [], [], self.settled(vs).size
         for w in wins:
-            clip = views.window_frames(frames, w.frame0)
+            clip = views.window_frames(frames, w.frame0, self.geometry.clip_frames)
             if g is None:
-                out += [c.permute(1, 0, 2, 3) for c in views.centre_crops(clip, vs.size, vs.test_crops)]
+                out += [c.permute(1, 0, 2, 3) for c in views.centre_crops(clip, size, vs.test_crops)]
                 continue
             box = views.rrc_params(g, clip.shape[2], clip.shape[3], vs.train_scale)
-            out.append(views.resized_crop(clip, box, vs.size, flip=views.uniform(g, 0, 1) < 0.5).permute(1, 0, 2, 3))
+            out.append(views.resized_crop(clip, box, size, flip=views.uniform(g, 0, 1) < 0.5).permute(1, 0, 2, 3))
             params.append(views.draw_photometric(g, grey_p=vs.grey_p).as_tensor())
         if g is None:
             return normalise(torch.stack(out))
         return photometric.apply(torch.stack(out), torch.stack(params))
 
     def audio(self, cid: str, wins: list[views.Window], vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
-        """[n, 1, 80, 448]: the log-mel of each window (train: with gain jitter)."""
+        """[n, 1, 80, F]: the log-mel of each window (train: with gain jitter); F the geometry's clip_spec_frames."""
         spec = torch.from_numpy(self.specs.spectrogram(cid))
         gains = (1 - vs.gain_jitter, 1 + vs.gain_jitter)
-        return torch.stack([views.audio_global(g, None, spec, w.sample0, gains) for w in wins])
+        return torch.stack([views.audio_global(g, None, spec, w.sample0, gains, geom=self.geometry) for w in wins])
 
     def views(self, cid: str, modality: str, vs: ViewSettings, g: torch.Generator | None = None) -> torch.Tensor:
         """Train views (g given: the windows are drawn first, so both modalities of a clip seeded alike get
@@ -136,14 +159,15 @@ class EvalClips(Dataset):
         spectrograms_dir=None,
         clips_per_video: int = 3,
         crops: int = 1,
-        size: int = geometry.VIDEO_SIZE,
+        size: int | None = None,
         with_audio: bool = True,
+        geometry: Geometry = PAPER,
     ):
         if clips_dir is None and spectrograms_dir is None:
             raise ValueError("EvalClips needs a clip cache, a spectrogram cache, or both")
         if crops not in (1, 3) or clips_per_video < 1:
             raise ValueError(f"crops must be 1 or 3 and clips_per_video >= 1 (got {crops}, {clips_per_video})")
-        self.source = EvalViews(clips_dir, spectrograms_dir if with_audio else None)
+        self.source = EvalViews(clips_dir, spectrograms_dir if with_audio else None, geometry)
         self.clips, self.specs = self.source.clips, self.source.specs
         self.settings = ViewSettings(test_clips=clips_per_video, test_crops=crops, size=size)
         self.ids = self.source.ids()

@@ -27,6 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 import model as xkd_model
 from xkd.data.cache_build import MANIFEST, read_manifest
+from xkd.data.geometry import Geometry
 from xkd.errors import UsageError
 from xkd.paths import CONFIGS
 
@@ -228,6 +229,7 @@ def build_config(raw: dict) -> PretrainConfig:
         model_cfg = xkd_model.preset(m.pop("preset", "base"), m.pop("variant", "xkd"), **m)
         for modality in ("video", "audio"):  # patch sizes that do not divide the input fail here, not in build()
             model_cfg.encoder(modality).grid()
+        Geometry.from_model(model_cfg)  # input sizes the views cannot produce (audio and video spans disagree, ...)
     except xkd_model.ConfigError as err:
         raise UsageError(f"model: {err}") from None
     if model_cfg.warmup_epochs > model_cfg.epochs:
