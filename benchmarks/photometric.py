@@ -48,7 +48,7 @@ def real_frames(limit: int) -> list[torch.Tensor]:
             timeout_s=60,
             max_duration_s=views.CLIP_S,
         )
-        clips.append(views.window_frames(torch.from_numpy(dec.frames).permute(0, 3, 1, 2), 0))
+        clips.append(views.window_frames(torch.from_numpy(dec.frames).permute(0, 3, 1, 2), 0, views.CLIP_FRAMES))
     return clips
 
 
