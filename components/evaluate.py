@@ -2,10 +2,10 @@
 
     python -m components.evaluate --encoder BUNDLE_DIR [--role student|teacher|selected] --dataset NAME \
         --protocol svm|linear [--folds 1,2|all] --data DIR --output DIR \
-        [--features encoder|random-init|logmel-stats|pixel-stats|shuffled-labels]
+        [--features encoder|random-init|logmel-stats|pixel-stats|shuffled-labels] [--summary FILE]
 
 Writes `OUTPUT/metrics.json` (Contracts): per fold the score with hyper-parameters chosen on a validation
-carve of the training split (`selected_on: "val"`), mean and std over folds, and beside it the official
+carve of the training split (`selected_on: "val"`), mean and std over folds (ddof 1), and beside it the official
 code's choice on the test fold (`paper_style`, labelled). Protocol settings come from
 `configs/eval/<dataset>.yaml` (the official values; configs/eval/esc10.yaml scales them down for the CPU run).
 Each evaluation is an MLflow run nested under the pipeline's parent run.
@@ -25,7 +25,10 @@ import yaml
 from xkd.errors import MLFLOW_PARENT_HELP, UsageError, cli, step_parser
 from xkd.evaluation import controls as eval_controls
 from xkd.evaluation import datasets as eval_datasets
+from xkd.log import logger
 from xkd.paths import CONFIGS
+
+log = logger(__name__)
 
 PROTOCOLS = ("svm", "linear", "finetune")
 PAPER_RULE = "hyper-parameter (SVM C / epoch) with the best score on the test fold, as the official code"
@@ -77,6 +80,7 @@ def run(
     config: str | None = None,
     feature_cache: str | None = None,
     shuffle_labels: bool = False,
+    summary: str | None = None,
 ) -> dict:
     """Evaluate and write OUTPUT/metrics.json; returns its content."""
     import numpy as np
@@ -85,6 +89,7 @@ def run(
     from xkd.data.cache import CacheReader
     from xkd.evaluation.features import FeatureSource, ViewSettings, frozen_features
     from xkd.evaluation.folds import evaluate_fold
+    from xkd.evaluation.summary import DDOF, spread, write_headline
     from xkd.tracking import runs as tracking
 
     tracking.check_store()  # a dead or unsupported tracking store is one line now, before any evaluation
@@ -108,6 +113,7 @@ def run(
     settings = load_settings(dataset, protocol, config)
     clips, specs = eval_datasets.cache_dirs(dataset, data)
     vs = ViewSettings.from_settings(settings)  # train_views, test_clips, test_crops, gain_jitter, size, ...
+    geometry = _geometry(bundle if encoder else None, preset)  # the windows and crop side the encoder takes
     fold_data = [eval_datasets.load_fold(dataset, f, data) for f in folds]
     available = set.intersection(*(set(CacheReader(p).ids()) for p in (clips, specs) if p is not None))
     universe = sorted({s.clip_id for f in fold_data for s in f.train + f.test})
@@ -119,85 +125,111 @@ def run(
         )
     ids = [c for c in universe if c in available]
     source = FeatureSource(eval_controls.source_kind(features), bundle if needs_bundle else None, role, seed=0)
-    if protocol == "finetune":
-        if features != "encoder" or ds.modality not in ("audio", "video") or ds.metric != "top1":
-            raise UsageError("finetune runs a pretrained encoder on a single-modality, single-label dataset")
-        feats = {"index": torch.arange(len(ids))}  # no frozen features: the encoder trains
-    else:
-        feats = frozen_features(source, clips, specs, ids, vs, Path(feature_cache or Path(data) / "features"))
-    row = {c: i for i, c in enumerate(ids)}
+    if protocol == "finetune" and (
+        features != "encoder" or ds.modality not in ("audio", "video") or ds.metric != "top1"
+    ):
+        raise UsageError("finetune runs a pretrained encoder on a single-modality, single-label dataset")
+    name = f"evaluate:{dataset}-{protocol}" + ("" if features == "encoder" else f"-{features}")
+    # the run opens now, before the features and folds: its duration is the evaluation's
+    with tracking.pipeline_step_run(name, mlflow_parent, tags={"xkd.dataset": dataset, "xkd.protocol": protocol}):
+        digest = source.digest("audio" if ds.modality == "audio" else "video")
+        _track_start(dataset, protocol, role, features, preset, settings, digest, folds, clips, specs)
+        if protocol == "finetune":
+            feats = {"index": torch.arange(len(ids))}  # no frozen features: the encoder trains
+        else:
+            cache = Path(feature_cache or Path(data) / "features")
+            feats = frozen_features(source, clips, specs, ids, vs, cache, geometry)
+        row = {c: i for i, c in enumerate(ids)}
 
-    finetune_args = None
-    if protocol == "finetune":
-        finetune_args = (bundle, role, CacheReader(clips if ds.modality == "video" else specs))
-    results = [
-        evaluate_fold(
-            fold, row, feats, ds, protocol, settings, shuffle_labels=shuffle_labels, finetune_args=finetune_args
-        )
-        for fold in fold_data
-    ]
-    key = ds.metric
-    scores = [r[key] for r in results]
-    paper = [r["paper_style"][key] for r in results]
-    metrics = {
-        "dataset": dataset,
-        "protocol": protocol,
-        "role": role,
-        "features": features,
-        "metric": key,
-        "chance": ds.chance,  # top-1 of a guess on balanced classes (None for mAP)
-        "encoder": str(bundle) if needs_bundle else None,
-        "encoder_digest": source.digest("audio" if ds.modality == "audio" else "video"),
-        "preset": preset,
-        "variant": bundle_cfg.get("variant"),
-        "folds": results,
-        "mean": float(np.mean(scores)),
-        "std": float(np.std(scores)),
-        "paper_style": {"rule": PAPER_RULE, "mean": float(np.mean(paper)), "std": float(np.std(paper))},
-        "settings": settings,
-        "smoke": ds.smoke,
-        "shuffled_labels": shuffle_labels,
-        "wall_s": round(time.time() - started, 1),
-    }
-    if ds.smoke:
-        metrics["note"] = f"smoke test of the code path on {len(ids)} sample clips, not a benchmark"
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"  # renamed into place: a kill mid-write never leaves a truncated metrics.json
-    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    os.replace(tmp, out / "metrics.json")
-    _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_parent)
+        finetune_args = None
+        if protocol == "finetune":
+            finetune_args = (bundle, role, CacheReader(clips if ds.modality == "video" else specs))
+        results = [
+            evaluate_fold(
+                fold, row, feats, ds, protocol, settings, shuffle_labels=shuffle_labels, finetune_args=finetune_args
+            )
+            for fold in fold_data
+        ]
+        key = ds.metric
+        scores = [r[key] for r in results]
+        paper = [r["paper_style"][key] for r in results]
+        metrics = {
+            "dataset": dataset,
+            "protocol": protocol,
+            "role": role,
+            "features": features,
+            "metric": key,
+            "chance": ds.chance,  # top-1 of a guess on balanced classes (None for mAP)
+            "encoder": str(bundle) if needs_bundle else None,
+            "encoder_digest": digest,
+            "preset": preset,
+            "variant": bundle_cfg.get("variant"),
+            "folds": results,
+            "mean": float(np.mean(scores)),
+            "std": spread(scores),  # over folds, ddof 1 (xkd.evaluation.summary)
+            "std_ddof": DDOF,
+            "paper_style": {"rule": PAPER_RULE, "mean": float(np.mean(paper)), "std": spread(paper)},
+            "settings": settings,
+            "smoke": ds.smoke,
+            "shuffled_labels": shuffle_labels,
+            "wall_s": round(time.time() - started, 1),
+        }
+        if ds.smoke:
+            metrics["note"] = f"smoke test of the code path on {len(ids)} sample clips, not a benchmark"
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".metrics.json.tmp"  # renamed into place: a kill mid-write never leaves a truncated metrics.json
+        tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        os.replace(tmp, out / "metrics.json")
+        if summary:  # the small headline DVC compares (dvc.yaml: results/eval/<name>.json)
+            write_headline(metrics, summary)
+        _track_end(metrics, out, bundle if needs_bundle else None)
     return metrics
 
 
-def _track(metrics, out, dataset, protocol, features, clips, specs, mlflow_parent) -> None:
-    import mlflow
+def _geometry(bundle: Path | None, preset: str | None):
+    """The evaluated encoder's input geometry (its bundle's model config; the preset's for a control without a
+    bundle): a config whose geometry the views cannot produce is one line."""
+    from model import ConfigError
+    from xkd.evaluation.views import encoder_geometry
 
+    try:
+        return encoder_geometry(bundle, preset)
+    except (ConfigError, ValueError) as err:
+        where = bundle / "config.json" if bundle is not None else f"preset {preset!r}"
+        raise UsageError(f"{where}: {err}") from None
+
+
+def _track_start(dataset, protocol, role, features, preset, settings, digest, folds, clips, specs) -> None:
+    """What the evaluation's MLflow run knows at its start: its params and its inputs, named by dataset and split."""
     from xkd.tracking import lineage
     from xkd.tracking import runs as tracking
 
-    name = f"evaluate:{dataset}-{protocol}" + ("" if features == "encoder" else f"-{features}")
-    with tracking.pipeline_step_run(
-        name, mlflow_parent, tags={"xkd.dataset": dataset, "xkd.protocol": protocol}
-    ) as run:
-        tracking.log_params_flat(
-            {k: metrics[k] for k in ("dataset", "protocol", "role", "features", "preset", "settings", "encoder_digest")}
-        )
-        with tracking.MetricLogger(run.info.run_id) as logger:
-            key = metrics["metric"]
-            for f in metrics["folds"]:
-                logger.log(f["fold"], **{key: f[key], f"paper_style_{key}": f["paper_style"][key]})
-            logger.log(
-                0,
-                **{
-                    f"mean_{key}": metrics["mean"],
-                    f"std_{key}": metrics["std"],
-                    f"paper_style_mean_{key}": metrics["paper_style"]["mean"],
-                },
-            )
-        caches = {n: str(p) for n, p in (("clips", clips), ("spectrograms", specs)) if p is not None}
-        lineage.log_lineage(lineage.collect(caches=caches))
-        mlflow.log_artifact(str(out / "metrics.json"))
+    params = {"dataset": dataset, "protocol": protocol, "role": role, "features": features, "preset": preset}
+    tracking.log_params_flat({**params, "folds": list(folds), "settings": settings, "encoder_digest": digest})
+    split = "folds " + " ".join(str(f) for f in folds)  # every fold is tested once: the evaluation's split
+    caches = {f"{dataset}/{split}/{p.name}": str(p) for p in (clips, specs) if p is not None}
+    lineage.log_lineage(lineage.collect(caches=caches), context="evaluation")
+
+
+def _track_end(metrics: dict, out: Path, bundle: Path | None) -> None:
+    """The headline (`<metric>` = the mean over folds, `<metric>_std`), each fold as its own key
+    (`fold_<k>/<metric>`), never as steps; metrics.json; and the scores on the registered encoder version."""
+    import mlflow
+
+    from xkd.tracking import registry
+
+    key = metrics["metric"]
+    head = {key: metrics["mean"], f"{key}_std": metrics["std"], f"paper_style_{key}": metrics["paper_style"]["mean"]}
+    per_fold = {}
+    for f in metrics["folds"]:
+        per_fold[f"fold_{f['fold']}/{key}"] = f[key]
+        per_fold[f"fold_{f['fold']}/paper_style_{key}"] = f["paper_style"][key]
+    version = registry.attach_evaluation(bundle, metrics) if bundle is not None else None
+    # linked to the registered model (MLflow 3 logged model): the version's page lists the scores
+    mlflow.log_metrics(head, step=0, model_id=registry.logged_model_id(version) if version is not None else None)
+    mlflow.log_metrics(per_fold, step=0)
+    mlflow.log_artifact(str(out / "metrics.json"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -233,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default=None, help="evaluation settings YAML (default configs/eval/<dataset>.yaml)")
     ap.add_argument("--shuffle-labels", action="store_true", help="control: permute the training labels")
     ap.add_argument("--feature-cache", default=None, help="where frozen features are cached (default DATA/features)")
+    ap.add_argument(
+        "--summary", default=None, help="also write the headline (mean, std ddof 1, n folds) to this small JSON file"
+    )
     ap.add_argument("--mlflow-parent", default=None, help=MLFLOW_PARENT_HELP)
     return ap
 
@@ -254,12 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         config=args.config,
         feature_cache=args.feature_cache,
         shuffle_labels=args.shuffle_labels,
+        summary=args.summary,
     )
-    print(
+    log.info(
         f"{args.dataset} {args.protocol} ({args.features}, {m['role']}): {m['metric']} {m['mean']:.1f} "
         f"+- {m['std']:.1f} (val-selected); paper-style {m['paper_style']['mean']:.1f}"
-        + (f"  [{m['note']}]" if m.get("note") else ""),
-        file=sys.stderr,
+        + (f"  [{m['note']}]" if m.get("note") else "")
     )
     return 0
 

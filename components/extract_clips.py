@@ -1,6 +1,6 @@
 """Clip extraction: raw videos -> clip cache (JPEG frames at 8 fps, short side 112; 16 kHz mono PCM).
 
-    python -m components.extract_clips --input PATH --output DIR [--require-audio] [--fps 8]
+    python -m components.extract_clips --input PATH --output DIR [--require-audio [true|false]] [--fps 8]
         [--short-side 112] [--sample-rate 16000] [--min-duration 1.0] [--max-duration 600] [--workers N]
 
 PATH is a folder (searched recursively for media files), a text file of paths, or one media file.
@@ -87,11 +87,27 @@ def run(
     )
 
 
+def _true_or_false(text: str) -> bool:
+    """params.yaml's `extract.require_audio` as dvc.yaml renders it (true/false); any other word is refused:
+    bool("false") would be True."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = step_parser("components.extract_clips", __doc__)
     ap.add_argument("--input", required=True, help="folder (recursive), text file of paths, or a media file")
     ap.add_argument("--output", required=True, help="clip cache directory")
-    ap.add_argument("--require-audio", action="store_true", help="reject files without an audio stream")
+    ap.add_argument(
+        "--require-audio",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_true_or_false,
+        metavar="true|false",
+        help="reject files without an audio stream (a bare --require-audio is true; dvc.yaml passes the value)",
+    )
     ap.add_argument("--fps", type=float, default=float(FPS), help=f"frames per second kept (XKD's views read {FPS})")
     ap.add_argument(
         "--short-side", type=int, default=VIDEO_SIZE, help=f"{VIDEO_SIZE} for pretraining/SVM, 224+ for fine-tuning"

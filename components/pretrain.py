@@ -1,14 +1,16 @@
 """XKD pretraining: one process or `torchrun --nproc_per_node N` (env:// rendezvous, also in a TrainJob).
 
     python -m components.pretrain --config configs/pretrain/<name>.yaml --clips DIR --spectrograms DIR \
-        --output DIR [--max-steps N] [--set section.key=value ...] [--mlflow-parent RUN_ID]
+        --output DIR [--max-steps N] [--set section.key=value ...] [--on-new-config refuse|restart] \
+        [--mlflow-parent RUN_ID]
 
-Resumes automatically from the newest checkpoint in --output when the stored config hash matches (one clear
-error otherwise; an output without a checkpoint yet starts over with the new config); a run killed at any
-moment and restarted with the same command ends with the same weights, bit for bit, as an uninterrupted one
-(CPU): data views are seeded per (seed, epoch, sample position), masks per (seed, step, rank, micro-step), and
-checkpoints are atomic. The step itself is `xkd.train.engine.train_step`; this module wires config -> data ->
-engine -> checkpoints -> MLflow -> export.
+Resumes automatically from the newest checkpoint in --output when the stored config hash matches (otherwise
+one clear error, or with --on-new-config restart the old run is cleared and the log says what went; an output
+without a checkpoint yet starts over with the new config); a run killed at any moment and restarted with the
+same command ends with the same weights, bit for bit, as an uninterrupted one (CPU): data views are seeded
+per (seed, epoch, sample position), masks per (seed, step, rank, micro-step), and checkpoints are atomic.
+The step itself is `xkd.train.engine.train_step`; this module wires config -> data -> engine -> checkpoints
+-> MLflow -> export.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import sys
 from pathlib import Path
 
 from xkd.errors import MLFLOW_PARENT_HELP, cli, step_parser
+from xkd.log import logger
+
+log = logger(__name__)
 
 
 def run(
@@ -32,6 +37,7 @@ def run(
     max_steps: int | None = None,
     overrides: list[str] = (),
     mlflow_parent: str | None = None,
+    on_new_config: str = "refuse",
 ) -> Path:
     """Pretrain; returns the final encoder bundle directory (`output/final`)."""
     import torch  # here, not at the top: `--help` loads no torch / mlflow
@@ -58,7 +64,7 @@ def run(
     full, data, train_ids, held_ids = _datasets(cfg, clips, spectrograms)
     sampler = EpochSampler(len(data), ddp.world, ddp.rank, seed=cfg.train.seed)
     schedule = Schedule.plan(cfg, len(data), len(sampler), ddp.world)
-    state = checkpoint.prepare_output(out, cfg, ddp.main)
+    state = checkpoint.prepare_output(out, cfg, ddp.main, on_new_config)
     ddp.barrier()
     torch.manual_seed(cfg.train.seed)
     net = xkd_model.build(cfg.model).to(ddp.device)  # same seed: the same initial weights on every rank
@@ -72,7 +78,8 @@ def run(
     engine = Trainer(cfg, ddp, net, opt, schedule, autocast, scaler)
     derived = {"world_size": ddp.world, **schedule.params(), "precision": precision, "train_clips": len(data)}
     derived.update(holdout_clips=len(held_ids), excluded_no_audio=len(full.excluded["no_audio"]))
-    caches = {"clips": clips, **({"spectrograms": spectrograms} if spectrograms else {})}
+    # MLflow inputs named by dataset and split (data/cache/<dataset>/clips: the clips pretraining trains on)
+    caches = {f"{lineage.cache_dataset(c)}/train/{Path(c).name}": c for c in (clips, spectrograms) if c}
 
     run_id = trainer.get("mlflow_run_id") or state.get("mlflow_run_id")
     # rank 0 only; an unreachable store is one clear error now, not lost metrics later
@@ -83,7 +90,7 @@ def run(
         if ddp.main:
             if run_id is None:  # a resumed run goes on in its MLflow run: params and lineage are logged once
                 tracking.log_params_flat({**cfg.to_dict(), "derived": derived})
-                lineage.log_lineage(lineage.collect(caches=caches))
+                lineage.log_lineage(lineage.collect(caches=caches), context="training")
             logger = _metric_logger(out, state, mlflow_run.info.run_id, trainer["step"])
         step = engine.fit(data, sampler, out, trainer, logger, state)
         ddp.barrier()
@@ -137,6 +144,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override"
     )
+    ap.add_argument(
+        "--on-new-config",
+        default="refuse",
+        choices=("refuse", "restart"),
+        help="--output holds a run of another config: refuse, or clear it and start over (logged; dvc.yaml)",
+    )
     ap.add_argument("--mlflow-parent", default=None, help=MLFLOW_PARENT_HELP)
     return ap
 
@@ -152,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=args.max_steps,
         overrides=args.overrides,
         mlflow_parent=args.mlflow_parent,
+        on_new_config=args.on_new_config,
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"final encoder bundle: {final}", file=sys.stderr)
+        log.info(f"final encoder bundle: {final}")
     return 0
 
 

@@ -26,7 +26,10 @@ from pathlib import Path
 
 from xkd.data.splits import DATASETS, summary_line, validate
 from xkd.errors import UsageError, cli, step_parser
+from xkd.log import logger
 from xkd.paths import REPO
+
+log = logger(__name__)
 
 DVC_TIMEOUT_S = 24 * 3600  # a first push of K400 to a bucket takes hours; a hung dvc still ends
 
@@ -116,7 +119,7 @@ def run(
     summary: dict = {"dataset": dataset, "src": str(src_path)}
     if dataset in DATASETS:
         check = validate(dataset, src_path, split)
-        print(summary_line(check), file=sys.stderr)
+        log.info(summary_line(check))
         if check["found"] == 0:
             raise UsageError(
                 f"none of the {check['listed']} files listed for {dataset} is under {src}; "
@@ -128,10 +131,7 @@ def run(
         if report:
             Path(report).write_text(json.dumps({k: v for k, v in check.items() if k != "matched"}, indent=2))
     else:
-        print(
-            f"warning: no split lists for {dataset!r} (known: {', '.join(DATASETS)}); registering unchecked",
-            file=sys.stderr,
-        )
+        log.warning(f"no split lists for {dataset!r} (known: {', '.join(DATASETS)}); registering unchecked")
     dest = repo / "data" / "raw" / dataset
     dest.mkdir(parents=True, exist_ok=True)
     if src_path.resolve() != dest.resolve():

@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 
 from xkd.errors import MLFLOW_PARENT_HELP, UsageError, cli, step_parser
+from xkd.log import logger
+
+log = logger(__name__)
 
 
 def run(
@@ -56,41 +59,38 @@ def run(
     check_caches(cfg, clips, spectrograms)
     for ck in ckpts:  # a damaged checkpoint or bundle is refused now, not after scoring the ones before it
         checkpoint.verify(ck)
-    batches = selection.held_out_batches(cfg, clips, spectrograms, held, batch_size)
-    candidates = selection.score_checkpoints(cfg, ckpts, batches)
-    winner = selection.winner(candidates)
-    out.mkdir(parents=True, exist_ok=True)
-    # selection.json is the mark of a finished selection: gone while bundle/ changes, written last (renamed into
-    # place), so a kill at any point never leaves it beside a half-copied or another run's bundle
-    marker, bundle, staging = out / "selection.json", out / "bundle", out / ".bundle.tmp"
-    marker.unlink(missing_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)  # a killed run's half copy
-    shutil.copytree(pre / "checkpoints" / winner["checkpoint"] / "bundle", staging)
-    shutil.rmtree(bundle, ignore_errors=True)
-    os.replace(staging, bundle)
-    result = {
-        "rule": selection.RULE,
-        "holdout_clips": held,
-        "candidates": candidates,
-        "winner": winner,
-        "bundle": str(bundle),
-        "role": winner["role"],
-    }
-
+    # the run opens before the scoring: its duration is the selection's
     with tracking.pipeline_step_run("select_checkpoint", mlflow_parent) as run:
-        with tracking.MetricLogger(run.info.run_id) as logger:
-            for c in candidates:
-                logger.log(c["step"], **{f"val_loss_{c['role']}": c["val_loss"]})
-        tracking.log_params_flat(
-            {
-                "rule": selection.RULE,
-                "holdout_clips": len(held),
-                "candidates": len(candidates),
-                "winner": f"{winner['checkpoint']}/{winner['role']}",
-            }
+        tracking.log_params_flat({"rule": selection.RULE, "holdout_clips": len(held), "checkpoints": len(ckpts)})
+        # the inputs, named by dataset and split: the held-out clips of the pretraining caches
+        records = lineage.collect(
+            caches={f"{lineage.cache_dataset(p)}/holdout/{Path(p).name}": p for p in (clips, spectrograms) if p}
         )
-        records = lineage.collect(caches={"clips": clips, **({"spectrograms": spectrograms} if spectrograms else {})})
-        lineage.log_lineage(records)
+        lineage.log_lineage(records, context="validation")
+        batches = selection.held_out_batches(cfg, clips, spectrograms, held, batch_size)
+        candidates = selection.score_checkpoints(cfg, ckpts, batches)
+        winner = selection.winner(candidates)
+        out.mkdir(parents=True, exist_ok=True)
+        # selection.json is the mark of a finished selection: gone while bundle/ changes, written last (renamed
+        # into place), so a kill at any point never leaves it beside a half-copied or another run's bundle
+        marker, bundle, staging = out / "selection.json", out / "bundle", out / ".bundle.tmp"
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # a killed run's half copy
+        shutil.copytree(pre / "checkpoints" / winner["checkpoint"] / "bundle", staging)
+        shutil.rmtree(bundle, ignore_errors=True)
+        os.replace(staging, bundle)
+        result = {
+            "rule": selection.RULE,
+            "holdout_clips": held,
+            "candidates": candidates,
+            "winner": winner,
+            "bundle": str(bundle),
+            "role": winner["role"],
+        }
+        with tracking.MetricLogger(run.info.run_id) as logger:
+            for c in candidates:  # the checkpoint's training step is the x axis of the validation curve
+                logger.log(c["step"], **{f"val_loss_{c['role']}": c["val_loss"]})
+        tracking.log_params_flat({"winner": f"{winner['checkpoint']}/{winner['role']}"})
         if register:
             version = registry.register_encoder(
                 bundle,
@@ -102,6 +102,7 @@ def run(
                     "rule": selection.RULE,
                     "pretrain_run": json.loads((pre / "run.json").read_text()).get("mlflow_run_id", ""),
                 },
+                description=_description(cfg, pre, clips, winner, len(held)),
             )
             lineage.tag_model_version(registry.NAME, version, records)
             result["registered"] = {"name": registry.NAME, "version": int(version), "alias": registry.ALIAS}
@@ -110,6 +111,23 @@ def run(
         os.replace(tmp, marker)
         mlflow.log_artifact(str(marker))
     return result
+
+
+def _description(cfg, pre: Path, clips: str, winner: dict, held: int) -> str:
+    """The registered version's description: what the encoder is, what it saw, how it was chosen, how to use it."""
+    from xkd.tracking import lineage
+    from xkd.train import selection
+
+    split = json.loads((pre / "holdout.json").read_text())
+    m, data = cfg.model, lineage.cache_dataset(clips)
+    return (
+        f"XKD {m.variant} encoder, preset {m.preset} (width {m.width}, depth {m.depth}); the {winner['role']} of "
+        f"checkpoint {winner['checkpoint']} (step {winner['step']} of {cfg.train.max_steps or 'the full schedule'}). "
+        f"Pretrained on {data}: {len(split.get('train', []))} clips, {held} held out for selection. "
+        f"Selection rule: {selection.RULE} (val_loss {winner['val_loss']:.4f}). "
+        'Use: mlflow.pyfunc.load_model("models:/xkd-encoder@champion").predict({"video": [B,3,T,H,W] float32, '
+        '"audio": [B,1,80,T] float32}) -> {"video": [B,D], "audio": [B,D]} embeddings (see the signature).'
+    )
 
 
 def _pretrain_config(pre: Path):
@@ -152,16 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_parent=args.mlflow_parent,
     )
     for c in sel["candidates"]:
-        print(f"{c['checkpoint']} {c['role']:7s} val_loss {c['val_loss']:.4f}", file=sys.stderr)
+        log.info(f"{c['checkpoint']} {c['role']:7s} val_loss {c['val_loss']:.4f}")
     w = sel["winner"]
-    print(
+    log.info(
         f"winner: {w['checkpoint']} {w['role']} ({w['val_loss']:.4f}) -> {sel['bundle']}"
         + (
             f", registered {sel['registered']['name']} v{sel['registered']['version']} @champion"
             if "registered" in sel
             else ""
-        ),
-        file=sys.stderr,
+        )
     )
     return 0
 

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from xkd.data.splits import DATASETS, counts, load_split, summary_line, validate
 from xkd.errors import cli, step_parser
+from xkd.log import logger
+
+log = logger(__name__)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in report.items() if k != "matched"}, indent=2))
     for m in report["missing_files"][: args.show]:
-        print(f"missing [{m['subset']}] {m['path']}", file=sys.stderr)
+        log.warning(f"missing [{m['subset']}] {m['path']}")
     if report["missing"] > args.show:
-        print(f"... and {report['missing'] - args.show} more", file=sys.stderr)
+        log.warning(f"... and {report['missing'] - args.show} more")
     print(summary_line(report))
     return 0
 

@@ -142,7 +142,7 @@ def test_kill_mid_run_then_rerun_reuses_committed_entries(tmp_path, eight, modul
     # and now the cache is complete: one more run is a no-op
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = _step(module, *args, "--output", str(out))
-    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
@@ -194,7 +194,7 @@ def test_a_report_older_than_the_manifest_is_rewritten(tmp_path, eight):
     (out / "report.json").write_text(old)
 
     proc = _step("extract_clips", "--input", str(src), "--output", str(out))
-    assert proc.returncode == 0 and "nothing to do" not in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "nothing to do" not in proc.stderr, proc.stderr
     report = _accounted(out)
     assert report["ok"] == 3 == len(read_manifest(out))
     assert report["manifest_sha256"] == manifest_sha256(out)
@@ -233,5 +233,5 @@ def test_a_file_listed_twice_is_one_input(tmp_path, eight):
     assert "2 input(s) listed more than once" in proc.stderr
     # the re-run is a no-op
     again = _step("extract_clips", "--input", str(listing), "--output", str(out))
-    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
     assert json.loads((out / "report.json").read_text()) == report

@@ -80,7 +80,7 @@ def test_colliding_names_get_unique_deterministic_ids_and_rerun_is_a_noop(tmp_pa
 
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
     proc2, report2, manifest2 = _extract(src, out, "--workers", "1", "--min-duration", "0.5")
-    assert proc2.returncode == 0 and "nothing to do" in proc2.stdout, proc2.stderr
+    assert proc2.returncode == 0 and "nothing to do" in proc2.stderr, proc2.stderr
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
     assert manifest2 == manifest and report2 == report
 

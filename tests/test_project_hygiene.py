@@ -22,7 +22,7 @@ from xkd.paths import REPO
 _VAR = re.compile(r"\$\{([^}]+)\}")
 _ENTRY = re.compile(r"python -m ([\w.]+)")
 # cmd options whose path the stage writes (its outs, or a content-addressed cache that is neither dep nor out)
-WRITTEN = {"--output", "--feature-cache"}
+WRITTEN = {"--output", "--feature-cache", "--summary", "--plots"}
 
 
 # --------------------------------------------------------------------------- dvc.yaml, expanded
@@ -49,7 +49,8 @@ def dvc_stages(dvc_file: Path = REPO / "dvc.yaml", params_file: Path = REPO / "p
         if "foreach" in stage:
             items = stage["foreach"]
             items = _lookup(params, _VAR.fullmatch(items).group(1)) if isinstance(items, str) else items
-            expanded = [(f"{name}@{i}", stage["do"], {**params, "item": item}) for i, item in enumerate(items)]
+            pairs = items.items() if isinstance(items, dict) else enumerate(items)  # dict: ${key} is the name
+            expanded = [(f"{name}@{k}", stage["do"], {**params, "item": item, "key": k}) for k, item in pairs]
         else:
             expanded = [(name, stage, params)]
         for key, body, context in expanded:

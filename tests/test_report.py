@@ -49,7 +49,7 @@ def test_report_completes_the_pipeline_parent_run(tmp_path, monkeypatch):
 
 
 def _metrics(dataset: str, features: str, scores: list[float], *, chance: float | None = 10.0, **extra) -> dict:
-    """A metrics.json as components.evaluate writes it: mean and std (np.std, ddof 0) over the fold scores."""
+    """A metrics.json as components.evaluate writes it: mean and std (ddof 1) over the fold scores."""
     folds = [
         {"fold": i + 1, "top1": s, "hparams": {"C": 1.0}, "selected_on": "val", "paper_style": {"top1": s}}
         for i, s in enumerate(scores)
@@ -64,8 +64,8 @@ def _metrics(dataset: str, features: str, scores: list[float], *, chance: float 
         "variant": None if features.endswith("-stats") else "xkd",
         "folds": folds,
         "mean": float(np.mean(scores)),
-        "std": float(np.std(scores)),
-        "paper_style": {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "rule": "test"},
+        "std": float(np.std(scores, ddof=1)),
+        "paper_style": {"mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)), "rule": "test"},
         "smoke": False,
         "wall_s": 1.0,
         **extra,
@@ -89,8 +89,8 @@ def test_the_report_leads_with_learns_when_the_encoder_clearly_beats_random_init
     found = _write(
         tmp_path,
         {
-            "enc": _metrics("esc10", "encoder", [80, 82, 78, 81, 79]),  # 80.0 ± 1.4
-            "rnd": _metrics("esc10", "random-init", [40, 42, 38, 41, 39]),  # 40.0 ± 1.4
+            "enc": _metrics("esc10", "encoder", [80, 82, 78, 81, 79]),  # 80.0 ± 1.6 (ddof 1: sqrt(10 / 4))
+            "rnd": _metrics("esc10", "random-init", [40, 42, 38, 41, 39]),  # 40.0 ± 1.6
             "mel": _metrics("esc10", "logmel-stats", [60, 62, 58, 61, 59]),
             "shuf": _metrics("esc10", "shuffled-labels", [10, 12, 8, 11, 9]),
         },
@@ -99,8 +99,8 @@ def test_the_report_leads_with_learns_when_the_encoder_clearly_beats_random_init
     assert text.index("## Did it work?") < text.index("| dataset | protocol |")  # the answer comes first
     (line,) = _verdicts(text)
     assert line == (
-        "- **esc10 svm** (xkd student, 80.0 ± 1.4): **learns**; random init 40.0 ± 1.4: margin +40.0 pts "
-        "(needs > 1.4); log-mel statistics 60.0 ± 1.4: margin +20.0 pts; shuffled labels 10.0 ± 1.4: margin "
+        "- **esc10 svm** (xkd student, 80.0 ± 1.6): **learns**; random init 40.0 ± 1.6: margin +40.0 pts "
+        "(needs > 1.6); log-mel statistics 60.0 ± 1.6: margin +20.0 pts; shuffled labels 10.0 ± 1.6: margin "
         "+70.0 pts; chance 10.0: margin +70.0 pts; n = 5 folds × 1 seed."
     )
     assert "more than the larger of the two standard deviations" in text  # the rule is stated
@@ -110,14 +110,14 @@ def test_a_margin_inside_the_spread_does_not_learn_and_margins_carry_their_sign(
     found = _write(
         tmp_path,
         {
-            "enc": _metrics("esc10", "encoder", [70, 75, 65, 72, 68]),  # 70.0 ± 3.4
-            "rnd": _metrics("esc10", "random-init", [68, 72, 64, 70, 66]),  # 68.0 ± 2.8: +2.0 is inside 3.4
+            "enc": _metrics("esc10", "encoder", [70, 75, 65, 72, 68]),  # 70.0 ± 3.8
+            "rnd": _metrics("esc10", "random-init", [68, 72, 64, 70, 66]),  # 68.0 ± 3.2: +2.0 is inside 3.8
             "mel": _metrics("esc10", "logmel-stats", [74, 74, 74, 74, 74]),
         },
     )
     (line,) = _verdicts(render(found, None))
     assert "**does not learn**" in line
-    assert "random init 68.0 ± 2.8: margin +2.0 pts (needs > 3.4)" in line
+    assert "random init 68.0 ± 3.2: margin +2.0 pts (needs > 3.8)" in line
     assert "log-mel statistics 74.0 ± 0.0: margin -4.0 pts" in line
     assert "shuffled labels: not run" in line  # a missing control is said to be missing, no number made up
 
@@ -132,10 +132,10 @@ def test_no_random_init_is_no_control_and_names_the_missing_controls(tmp_path):
         },
     )
     esc, ucf = _verdicts(render(found, None))
-    assert esc.startswith("- **esc10 svm** (xkd student, 80.0 ± 1.4): **no control**;")
+    assert esc.startswith("- **esc10 svm** (xkd student, 80.0 ± 1.6): **no control**;")
     assert "random init: not run, so no verdict; log-mel statistics: not run; shuffled labels: not run" in esc
     assert "pixel" not in esc  # the control for video datasets is not asked of an audio dataset
-    assert "**no control**" in ucf and "pixel statistics 21.0 ± 0.8: margin +11.0 pts" in ucf
+    assert "**no control**" in ucf and "pixel statistics 21.0 ± 1.0: margin +11.0 pts" in ucf
     assert "n = 3 folds × 1 seed" in ucf
 
 
@@ -143,29 +143,29 @@ def test_seeds_of_one_evaluation_are_pooled_and_counted(tmp_path):
     found = _write(
         tmp_path,
         {
-            "enc0": _metrics("esc10", "encoder", [78, 82], seed=0),  # seed means 80 and 84: 82.0 ± 2.0 over seeds
+            "enc0": _metrics("esc10", "encoder", [78, 82], seed=0),  # seed means 80 and 84: 82.0 ± 2.8 over seeds
             "enc1": _metrics("esc10", "encoder", [82, 86], seed=1),
             "rnd0": _metrics("esc10", "random-init", [40, 44], seed=0),
-            "rnd1": _metrics("esc10", "random-init", [38, 42], seed=1),  # seed means 42 and 40: 41.0 ± 1.0
+            "rnd1": _metrics("esc10", "random-init", [38, 42], seed=1),  # seed means 42 and 40: 41.0 ± 1.4
         },
     )
     text = render(found, None)
     (line,) = _verdicts(text)
-    assert line.startswith("- **esc10 svm** (xkd student, 82.0 ± 2.0): **learns**; random init 41.0 ± 1.0: ")
-    assert "margin +41.0 pts (needs > 2.0)" in line and "n = 2 folds × 2 seeds" in line
+    assert line.startswith("- **esc10 svm** (xkd student, 82.0 ± 2.8): **learns**; random init 41.0 ± 1.4: ")
+    assert "margin +41.0 pts (needs > 2.8)" in line and "n = 2 folds × 2 seeds" in line
 
 
 def test_the_spread_is_defined_under_the_table(tmp_path):
     text = render(_write(tmp_path, {"enc": _metrics("esc10", "encoder", [60, 70])}), None)
-    table_end = text.index("| esc10 | svm | xkd student | 65.0 ± 5.0 top-1 (2 folds)")
-    assert text.index("± = standard deviation over folds (ddof 0", table_end) > table_end
+    table_end = text.index("| esc10 | svm | xkd student | 65.0 ± 7.1 top-1 (n = 2 folds)")
+    assert text.index("± = sample standard deviation (ddof 1) over the n folds", table_end) > table_end
 
 
 def _dashed(ax) -> list[tuple[float, ...]]:
     return [tuple(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"]
 
 
-def test_plots_draw_controls_apart_chance_dashed_folds_as_points_and_the_smoke_test_alone(tmp_path):
+def test_plots_draw_controls_apart_chance_dashed_folds_as_bars_and_the_smoke_test_alone(tmp_path):
     found = _write(
         tmp_path / "m",
         {
@@ -178,7 +178,8 @@ def test_plots_draw_controls_apart_chance_dashed_folds_as_points_and_the_smoke_t
     fig = plot_scores(found, tmp_path / "scores.png")
     main, smoke = fig.axes
     assert "smoke" in smoke.get_title() and "smoke" not in main.get_title()
-    assert [t.get_text().split("\n")[0] for t in smoke.get_xticklabels()] == ["samples-av svm"]
+    ticks = [t.get_text().split("\n") for t in smoke.get_xticklabels()]
+    assert ticks == [["samples-av svm", "xkd student"], ["paper: UCF101 svm", "(closest; not this setting)"]]
     assert sorted(_dashed(main)) == [(100 / 101, 100 / 101), (10.0, 10.0)] and _dashed(smoke) == [(12.5, 12.5)]
     bars = {p.get_height(): p for p in main.patches}
     assert bars[80.0].get_hatch() is None and bars[40.0].get_hatch()  # the control is hatched, the method not
@@ -190,5 +191,12 @@ def test_plots_draw_controls_apart_chance_dashed_folds_as_points_and_the_smoke_t
     folds = plot_folds(found, tmp_path / "folds.png")
     for ax in folds.axes:
         assert all(len(line.get_xdata()) == 2 and line.get_linestyle() == "--" for line in ax.lines)  # no joined folds
+    # one bar per fold, side by side, labelled with its fold number; controls hatched
+    heights = [(p.get_height(), bool(p.get_hatch())) for p in folds.axes[0].patches]
+    assert sorted(heights) == sorted(
+        [(s, False) for s in [80, 82, 78, 81, 79, 30, 32, 34]] + [(s, True) for s in [40, 42, 38, 41, 39]]
+    )
+    labels = [t.get_text() for t in folds.axes[0].texts]
+    assert labels == ["1", "2", "3", "4", "5"] * 2 + ["1", "2", "3"]
     assert sorted(_dashed(folds.axes[0])) == [(100 / 101, 100 / 101), (10.0, 10.0)]
     assert (tmp_path / "scores.png").stat().st_size > 5000 and (tmp_path / "folds.png").stat().st_size > 5000

@@ -311,7 +311,7 @@ def test_training_logger_survives_a_dead_store_and_replays_after_resume(store, p
         logger.log(step, loss=1.0 / step)
     assert logger.flush() is False and logger.unsent == 4
     err = capsys.readouterr().err
-    assert err.count("warning: MLflow tracking store") == 1 and len(err.strip().splitlines()) == 1
+    assert err.count("WARNING xkd.tracking.runs: MLflow tracking store") == 1 and len(err.strip().splitlines()) == 1
     assert f"unsent metrics wait in {pending}" in err and PASSWORD not in err
     assert [json.loads(line)["step"] for line in pending.read_text().splitlines()] == [1, 2, 3, 4]
 

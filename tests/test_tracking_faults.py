@@ -166,10 +166,11 @@ def test_training_outlives_a_killed_server_and_its_metrics_are_complete(outage_r
     assert server.steps(run_id) == list(range(1, STEPS + 1))
     assert server.steps(run_id, "lr") == list(range(1, STEPS + 1))
     # one line for the outage, not one per flush or retry, and on a line of its own (not glued to the bar)
-    assert r["stderr"].count("warning: MLflow tracking store") == 1, r["stderr"][-3000:]
-    assert f"\nwarning: MLflow tracking store http://127.0.0.1:{server.port} failed (Connection refused)" in (
-        r["stderr"].replace("\r", "\n")
+    assert r["stderr"].count("WARNING xkd.tracking.runs: MLflow tracking store") == 1, r["stderr"][-3000:]
+    outage = (
+        f"Z WARNING xkd.tracking.runs: MLflow tracking store http://127.0.0.1:{server.port} failed (Connection refused)"
     )
+    assert outage in r["stderr"].replace("\r", "\n")
     assert "Traceback" not in r["stderr"] and "reachable again" in r["stderr"]
     assert not (out / "pending_metrics.jsonl").exists()
     assert mlflow.MlflowClient(server.plain_uri).get_run(run_id).info.status == "FINISHED"

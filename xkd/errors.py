@@ -20,10 +20,14 @@ class UsageError(ValueError):
 
 
 def cli(main):
-    """Wrap a CLI `main`: a UsageError becomes `error: <message>` on stderr and exit status 2."""
+    """Wrap a CLI `main`: logging is set up (xkd.log); a UsageError becomes `error: <message>` on stderr (a plain
+    line, no timestamp: the one line a user reads) and exit status 2."""
 
     @functools.wraps(main)
     def wrapper(argv=None) -> int:
+        from xkd.log import setup
+
+        setup()  # status lines with timestamps and levels (xkd.log), configured once at the step's entry
         try:
             return main(argv)
         except UsageError as err:

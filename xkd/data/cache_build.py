@@ -32,8 +32,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
 from xkd.data.media import MediaError
 from xkd.data.shards import (
     ShardWriter,
@@ -45,6 +43,9 @@ from xkd.data.shards import (
     shard_index,
 )
 from xkd.errors import UsageError
+from xkd.log import logger, progress
+
+log = logger(__name__)
 
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
@@ -335,7 +336,7 @@ def build_cache(
             # Leftovers of a run killed while cleaning up after itself: the manifest holds all it did.
             _delete_unreferenced(output, entries)
             journal.remove()
-            tqdm.write(
+            log.info(
                 f"{desc}: up to date ({report_now['ok']} ok, {len(report_now['rejected'])} rejected); nothing to do"
             )
             return report_now
@@ -346,7 +347,8 @@ def build_cache(
     existing = [shard_index(p.name) for p in shard_files(output)] + [i for i in journaled if i is not None]
     writer = ShardWriter(output, first_index=max(existing, default=-1) + 1, max_bytes=shard_bytes)
     try:
-        for job, (status, value) in zip(todo, _map(process, todo, params, workers, desc)):
+        # the generator first: zip then drains it, so its progress bar counts the last file and closes
+        for (status, value), job in zip(_map(process, todo, params, workers, desc), todo):
             if status == "ok":
                 fields, members = value
                 shard, where = writer.write({f"{job.clip_id}.{k}": v for k, v in members.items()})
@@ -398,7 +400,7 @@ def _outcome(jobs: list[Job], results: dict[str, tuple[str, dict]]) -> tuple[lis
 
 def _map(process: ProcessFn, todo: list[Job], params: dict, workers: int, desc: str):
     args = [(process, job, params) for job in todo]
-    bar = tqdm(total=len(todo), desc=desc, unit="file", dynamic_ncols=True)
+    bar = progress(total=len(todo), desc=desc, unit="file")
     try:
         if workers <= 1 or len(todo) <= 1:
             for a in args:
@@ -441,21 +443,19 @@ def _report(jobs, entries, rejected, output, params, digest, extra, reused, elap
 
 
 def summarize(report: dict, output: str) -> int:
-    """Print one line per outcome; exit status 0 only when at least one clip is in the cache."""
+    """Log one line per outcome; exit status 0 only when at least one clip is in the cache."""
     for row in report["rejected"]:
-        print(f"rejected [{row['code']}] {row['path']}: {row['reason']}", file=sys.stderr)
+        log.warning(f"rejected [{row['code']}] {row['path']}: {row['reason']}")
     if report.get("duplicate_inputs"):
-        print(
+        log.warning(
             f"{report['duplicate_inputs']} input(s) listed more than once were processed once "
-            f"(see duplicate_sources in {output}/report.json)",
-            file=sys.stderr,
+            f"(see duplicate_sources in {output}/report.json)"
         )
-    print(
+    log.info(
         f"{output}: {report['inputs']} inputs, {report['ok']} ok, {len(report['rejected'])} rejected "
-        f"{report['rejected_by_code']}",
-        file=sys.stderr,
+        f"{report['rejected_by_code']}"
     )
-    if report["ok"] == 0:
+    if report["ok"] == 0:  # the step's final one-line error, plain like a usage error's
         print(f"error: no usable clip in {report['inputs']} inputs; see {output}/report.json", file=sys.stderr)
         return 1
     return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xkd.evaluation import datasets as eval_datasets
+from xkd.evaluation.summary import fold_scores, spread
 
 CONTROL_NAMES = {
     "random-init": "random init",
@@ -30,8 +31,9 @@ RULE = (
     "reported beside it, they do not vote."
 )
 SPREAD = (
-    "± = standard deviation over folds (ddof 0, `np.std` of the per-fold scores); where several seeds of one "
-    "evaluation were run, the verdicts use the mean and the standard deviation (ddof 0) over the seeds' means."
+    "± = sample standard deviation (ddof 1) over the n folds given beside it, computed from the per-fold scores; "
+    "where several seeds of one evaluation were run, the verdicts use the mean and the sample standard deviation "
+    "(ddof 1) over the seeds' means. With n = 1 there is no spread: it is shown as 0.0."
 )
 
 
@@ -72,7 +74,11 @@ class Group:
 
     @property
     def std(self) -> float:
-        return self.first["std"] if self.seeds == 1 else float(np.std([m["mean"] for m in self.runs]))
+        """Over the folds (one seed) or the seeds' means, ddof 1: recomputed, so a file written when metrics.json
+        held ddof 0 reads the same as a new one."""
+        if self.seeds == 1:
+            return spread(fold_scores(self.first))
+        return spread([m["mean"] for m in self.runs])
 
     @property
     def fold_scores(self) -> list[float]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 import warnings
@@ -33,6 +34,9 @@ from xkd.paths import REPO
 AUTO_MAX_BYTES = 8 << 30
 TAG_PREFIX = "lineage"
 _DIGEST_FIELD = 36  # MLflow's SQL store keeps at most 36 characters of a dataset digest
+# {commit, dirty} of the checkout when the pipeline run's parent opened, before any step touched a file; set by
+# xkd.tracking.pipeline_run for the steps of that run (one process per step under dvc: read from the parent)
+PIPELINE_GIT: dict = {}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -126,8 +130,29 @@ def dvc_md5(path: str | os.PathLike, repo: str | os.PathLike = REPO, mode: str =
     return out
 
 
+def pipeline_written_paths(repo: str | os.PathLike = REPO) -> list[str]:
+    """Tracked files a pipeline run itself rewrites, as git glob pathspecs: dvc.lock, .gitignore files (dvc adds
+    its outputs there) and every out/metrics/plots path dvc.yaml declares (`${...}` templating as `*`). A change
+    to them says nothing about the code that ran, so `git_commit` leaves them out of `dirty`."""
+    paths = ["dvc.lock", "**/.gitignore"]
+    dvc_yaml = Path(repo) / "dvc.yaml"
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        stages = {}
+    for stage in stages.values():
+        body = (stage or {}).get("do", stage) or {}  # a foreach stage keeps its body under `do`
+        for kind in ("outs", "metrics", "plots"):
+            for entry in body.get(kind) or []:
+                for path in entry if isinstance(entry, dict) else [entry]:
+                    paths.append(re.sub(r"\$\{[^}]*\}", "*", str(path)))
+    return paths
+
+
 def git_commit(repo: str | os.PathLike = REPO) -> dict:
-    """{commit, dirty} of the project checkout; commit None outside a git work tree (e.g. a bare image)."""
+    """{commit, dirty} of the project checkout; commit None outside a git work tree (e.g. a bare image).
+    `dirty`: a tracked file differs from the commit, leaving out the files a pipeline run writes itself
+    (`pipeline_written_paths`), so a run never calls its own checkout dirty by having run."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -136,7 +161,8 @@ def git_commit(repo: str | os.PathLike = REPO) -> dict:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        excluded = [f":(exclude,glob){p}" for p in pipeline_written_paths(repo)]
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded))
     except (OSError, subprocess.SubprocessError):
         return {"commit": os.environ.get("XKD_GIT_COMMIT"), "dirty": None}
     return {"commit": commit, "dirty": dirty}
@@ -169,6 +195,12 @@ def manifest_digest(cache_dir: str | os.PathLike) -> dict:
     }
 
 
+def cache_dataset(cache: str | os.PathLike) -> str:
+    """A cache's dataset name: `data/cache/<dataset>/{clips,spectrograms}` (Contracts), else the folder's name."""
+    path = Path(cache).resolve()
+    return path.parent.name if path.name in ("clips", "spectrograms") else path.name
+
+
 def collect(
     datasets: dict[str, str] | None = None,
     splits: list[tuple[str, int]] | None = None,
@@ -199,11 +231,12 @@ def collect(
 
 
 def tags_for(records: list[dict], repo: str | os.PathLike = REPO) -> dict[str, str]:
-    """Flat `lineage.*` tags: full digests (dataset digests in MLflow are cut to 36 characters)."""
-    commit = git_commit(repo)
+    """Flat `lineage.*` tags: full digests (dataset digests in MLflow are cut to 36 characters). The git state
+    is the pipeline run's (`PIPELINE_GIT`, taken when its parent run opened) when a step runs inside one."""
+    commit = PIPELINE_GIT if PIPELINE_GIT and Path(repo) == REPO else git_commit(repo)
     tags = {f"{TAG_PREFIX}.git_commit": str(commit["commit"]), f"{TAG_PREFIX}.git_dirty": str(commit["dirty"])}
     for r in records:
-        key = f"{TAG_PREFIX}.{r['kind']}.{r['name']}"
+        key = re.sub(r"[^\w\-. /:]", "_", f"{TAG_PREFIX}.{r['kind']}.{r['name']}")  # what MLflow allows in a key
         tags[key] = r["digest"]
         if r["kind"] == "data":
             tags[f"{key}.method"] = r["method"]

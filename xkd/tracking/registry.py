@@ -1,34 +1,51 @@
 """The selected encoder in the MLflow model registry (Contracts: model `xkd-encoder`, alias `champion`).
 
-A version's artifacts are exactly the encoder bundle -- `{video,audio}_{student,teacher}.safetensors` +
-`config.json` -- logged under the run's `encoder/` artifact folder and registered as the version's source.
-No MLmodel/pyfunc wrapper: a pyfunc would store a cloudpickled python_model (or need "models from code"),
-while the bundle already rebuilds itself with `model.load_encoder(file)`. MLflow 3's `register_model` only
-takes a runs:/ folder that holds an MLmodel, so the version is created with `create_model_version(source=...)`.
-Each file's sha256 is a version tag, checked again after download.
+A version is an MLflow pyfunc model a user loads with `mlflow.pyfunc.load_model("models:/xkd-encoder@champion")`
+(or serves with `mlflow models serve`): models-from-code, the model being `xkd/tracking/encoder_model.py` and its
+artifact `bundle` exactly the encoder bundle -- `{video,audio}_{student,teacher}.safetensors` + `config.json`;
+no pickle anywhere. The version carries a tensor signature (video [B,3,T,H,W] and audio [B,1,80,T] float32 ->
+[B, D] embeddings each, shapes from the bundle's config), a description (preset, data, steps, selection
+rule), each bundle file's sha256 as a tag (checked again after download), and, once evaluations have run on it,
+their scores (`attach_evaluation`: `eval.<spec>.<metric>` tags; the evaluation runs link their headline metrics
+to the version's logged model).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.models import ModelSignature
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from model.bundle import BundleError, read_metadata
 from xkd.errors import UsageError
+from xkd.log import logger
 from xkd.tracking import runs as tracking
 from xkd.tracking.lineage import file_sha256
+from xkd.tracking.pipeline_run import evaluation_key
+
+log = logger(__name__)
 
 NAME = "xkd-encoder"
 ALIAS = "champion"
-ARTIFACT_PATH = "encoder"
+ARTIFACT_PATH = "encoder"  # the logged model's name in the selection run
+BUNDLE_ARTIFACT = "bundle"  # the pyfunc artifact holding the bundle's files
+MODEL_CODE = Path(__file__).with_name("encoder_model.py")
 BUNDLE_FILES = tuple(f"{m}_{r}.safetensors" for m in ("video", "audio") for r in ("student", "teacher")) + (
     "config.json",
 )
+REQUIREMENTS = ("torch", "timm", "safetensors", "numpy", "mlflow")  # what encoder_model.py and `model` import
 _DIGEST_TAG = "bundle.sha256."
+EVAL_TAG = "eval."
 
 
 def _check_bundle(bundle_dir: Path) -> dict:
@@ -43,44 +60,94 @@ def _check_bundle(bundle_dir: Path) -> dict:
     return metas["video_student.safetensors"]
 
 
+def signature(bundle_dir: str | Path, role: str = "student") -> ModelSignature:
+    """Named float32 tensors in and out, with the encoders' input sizes and width from the bundle."""
+    video = read_metadata(Path(bundle_dir) / "video_student.safetensors")
+    audio = read_metadata(Path(bundle_dir) / "audio_student.safetensors")
+    f32 = np.dtype(np.float32)
+    inputs = Schema(
+        [
+            TensorSpec(f32, (-1, *video["input_size"]), "video"),  # [B, 3, T, H, W]
+            TensorSpec(f32, (-1, *audio["input_size"]), "audio"),  # [B, 1, 80, T]
+        ]
+    )
+    outputs = Schema(
+        [TensorSpec(f32, (-1, int(video["width"])), "video"), TensorSpec(f32, (-1, int(audio["width"])), "audio")]
+    )
+    return ModelSignature(inputs, outputs, params=ParamSchema([ParamSpec("role", "string", role)]))
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for package in REQUIREMENTS:
+        with contextlib.suppress(PackageNotFoundError):
+            pins.append(f"{package}=={version(package)}")
+    return pins
+
+
 def register_encoder(
-    bundle_dir: str | Path, run_id: str, name: str = NAME, alias: str = ALIAS, tags: dict | None = None
+    bundle_dir: str | Path,
+    run_id: str,
+    name: str = NAME,
+    alias: str = ALIAS,
+    tags: dict | None = None,
+    role: str | None = None,
+    description: str | None = None,
 ) -> int:
-    """Log the bundle as artifacts of `run_id`, create a new version of `name` from them, point `alias`
-    at it and return the version number. `tags` (data digests, selection rule, ...) go on the version."""
+    """Log the bundle as a pyfunc model of run `run_id` (the active run, or started for this), register it as
+    a new version of `name`, point `alias` at it and return the version number. `tags` (data digests, the
+    selection rule, `role`, ...) go on the version; `role` (default `tags["role"]`, else student) is the role
+    the model embeds with."""
     bundle_dir = Path(bundle_dir)
     meta = _check_bundle(bundle_dir)
+    role = role or (tags or {}).get("role") or "student"
+    active = mlflow.active_run()
+    here = active is not None and active.info.run_id == run_id
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="xkd-register-") as tmp:
+        if not here:
+            stack.enter_context(mlflow.start_run(run_id=run_id, nested=active is not None))
+        staging = Path(tmp) / BUNDLE_ARTIFACT
+        staging.mkdir()
+        for f in BUNDLE_FILES:  # only the bundle's files, never whatever else sits in the directory
+            shutil.copy2(bundle_dir / f, staging / f)
+        info = mlflow.pyfunc.log_model(
+            name=ARTIFACT_PATH,
+            python_model=str(MODEL_CODE),
+            artifacts={BUNDLE_ARTIFACT: str(staging)},
+            signature=signature(bundle_dir, role),
+            model_config={"role": role},
+            pip_requirements=_requirements(),
+        )
     client = tracking._client()
-    for f in BUNDLE_FILES:  # only the bundle's files, never whatever else sits in the directory
-        client.log_artifact(run_id, str(bundle_dir / f), ARTIFACT_PATH)
-    logged = {Path(a.path).name for a in client.list_artifacts(run_id, ARTIFACT_PATH)}
-    if logged != set(BUNDLE_FILES):  # e.g. a re-registration from the same run with a different bundle layout
-        raise UsageError(
-            f"run {run_id} artifacts {ARTIFACT_PATH}/ hold {sorted(logged)}, expected exactly "
-            f"{list(BUNDLE_FILES)}; register from a fresh run"
-        )
-
-    try:
+    with contextlib.suppress(MlflowException):  # exists already: keep it
         client.create_registered_model(
-            name, description="XKD encoder bundle (safetensors + config.json); load a file with model.load_encoder"
+            name, description='XKD encoder; mlflow.pyfunc.load_model("models:/xkd-encoder@champion") -> embeddings'
         )
-    except MlflowException as e:
-        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
     version_tags = {f"{_DIGEST_TAG}{f}": file_sha256(bundle_dir / f) for f in BUNDLE_FILES}
     version_tags.update(
         {"bundle.format": meta["format"], "bundle.preset": meta["preset"], "bundle.variant": meta["variant"]}
     )
-    version_tags.update({k: str(v) for k, v in (tags or {}).items()})
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
-    mv = client.create_model_version(name, source, run_id=run_id, tags=version_tags)
+    version_tags.update({"role": role, **{k: str(v) for k, v in (tags or {}).items()}})
+    mv = client.create_model_version(
+        name, info.model_uri, run_id=run_id, tags=version_tags, description=description, model_id=info.model_id
+    )
     client.set_registered_model_alias(name, alias, mv.version)  # aliases, never stages (Contracts)
     return int(mv.version)
 
 
+def _bundle_in(model_dir: Path) -> Path:
+    """The bundle folder of a downloaded version: the pyfunc artifact named in its MLmodel; a version registered
+    before the pyfunc (the bundle files themselves) is its own folder."""
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        return model_dir
+    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+    return model_dir / flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT, {}).get("path", "artifacts/bundle")
+
+
 def load_champion(name: str = NAME, alias: str = ALIAS, dst: str | Path | None = None) -> Path:
-    """Download the bundle of `name@alias` into `dst` (default: a new temp dir), verify each file's sha256
-    against the version's tags, and return the directory holding the bundle's files."""
+    """Download `name@alias` into `dst` (default: a new temp dir), verify each bundle file's sha256 against the
+    version's tags, and return the directory holding the bundle's files."""
     client = tracking._client()
     try:
         mv = client.get_model_version_by_alias(name, alias)
@@ -91,8 +158,7 @@ def load_champion(name: str = NAME, alias: str = ALIAS, dst: str | Path | None =
         ) from None
     dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix=f"{name}-{alias}-"))
     dst.mkdir(parents=True, exist_ok=True)
-    # `models:/name@alias` resolves to the version's source folder, whose files land directly in dst.
-    out = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=str(dst)))
+    out = _bundle_in(Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=str(dst))))
     for key, digest in mv.tags.items():
         if key.startswith(_DIGEST_TAG) and file_sha256(out / key[len(_DIGEST_TAG) :]) != digest:
             raise UsageError(
@@ -100,3 +166,51 @@ def load_champion(name: str = NAME, alias: str = ALIAS, dst: str | Path | None =
                 f"{name}/{mv.version}; the artifact store copy is corrupt or was modified"
             )
     return out
+
+
+def registered_version(bundle_dir: str | Path):
+    """The model version `bundle_dir` was registered as (selection.json beside it names it), if the connected
+    store holds that version with the same file digests; else None (not registered, another store, or a bundle
+    that changed since)."""
+    bundle_dir = Path(bundle_dir)
+    try:
+        registered = json.loads((bundle_dir.parent / "selection.json").read_text()).get("registered")
+        mv = tracking._client().get_model_version(registered["name"], str(registered["version"]))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, MlflowException):
+        return None
+    digests = {k[len(_DIGEST_TAG) :]: v for k, v in mv.tags.items() if k.startswith(_DIGEST_TAG)}
+    if not digests or any(
+        not (bundle_dir / f).is_file() or file_sha256(bundle_dir / f) != d for f, d in digests.items()
+    ):
+        log.warning(f"{bundle_dir} is not the bundle of {mv.name} v{mv.version} in this store: scores not attached")
+        return None
+    return mv
+
+
+def logged_model_id(mv) -> str | None:
+    """The MLflow 3 logged model behind a version (its source `models:/m-...`; the sqlite store keeps no
+    `model_id` on the version itself)."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = mv.source or ""
+    return source[len("models:/") :] if source.startswith("models:/m-") else None
+
+
+def attach_evaluation(bundle_dir: str | Path, metrics: dict):
+    """Put an evaluation's headline on the registered version of `bundle_dir` (tags `eval.<key>.<metric>` = mean,
+    `..._std`, `..._folds`, and the evaluation's run id). Returns the version, or None when there is none."""
+    mv = registered_version(bundle_dir)
+    if mv is None:
+        return None
+    key, metric = f"{EVAL_TAG}{evaluation_key(metrics)}", metrics["metric"]
+    values = {
+        f"{key}.{metric}": f"{metrics['mean']:.2f}",
+        f"{key}.{metric}_std": f"{metrics['std']:.2f}",
+        f"{key}.{metric}_folds": str(len(metrics["folds"])),
+    }
+    if mlflow.active_run() is not None:
+        values[f"{key}.run_id"] = mlflow.active_run().info.run_id
+    client = tracking._client()
+    for k, v in values.items():
+        client.set_model_version_tag(mv.name, mv.version, k, v)
+    return mv

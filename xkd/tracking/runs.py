@@ -29,7 +29,6 @@ import re
 import shutil
 import socket
 import sqlite3
-import sys
 import tempfile
 import threading
 import time
@@ -48,15 +47,20 @@ from mlflow.utils.validation import (
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
 )
-from tqdm import tqdm
 
 from xkd.errors import UsageError
+from xkd.log import logger
 from xkd.paths import REPO
 from xkd.tracking import lineage
 
+log = logger(__name__)
+
 EXPERIMENT = "xkd"
+# MLflow 3's experiment type: model development, so the UI opens the runs/models view, not the GenAI one
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 PARENT_ENV = "MLFLOW_PARENT_RUN_ID"
 PARENT_FILE = "mlflow_parent.json"
+PARENT_TAG = "mlflow.parentRunId"
 # A dead server must fail the step at start in seconds; MLflow's own retries would take minutes.
 CONNECT_TIMEOUT_S = float(os.environ.get("XKD_MLFLOW_CONNECT_TIMEOUT", "5"))
 # The longest a training loop waits for one metrics flush; past it the metrics stay pending and training goes on.
@@ -227,11 +231,14 @@ def connect(uri: str | None = None) -> str:
             db = _sqlite_path(uri)
             location = (db.resolve().parent / "mlruns" / EXPERIMENT).as_uri() if db else None
             try:
-                exp_id = client.create_experiment(EXPERIMENT, artifact_location=location)
+                exp_id = client.create_experiment(EXPERIMENT, artifact_location=location, tags=EXPERIMENT_TAGS)
             except mlflow.exceptions.MlflowException:  # created concurrently by a parallel step
                 exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
         else:
             exp_id = exp.experiment_id
+            for key, value in EXPERIMENT_TAGS.items():  # an experiment made before the tag existed
+                if exp.tags.get(key) != value:
+                    client.set_experiment_tag(exp_id, key, value)
         mlflow.set_tracking_uri(uri)  # only once the store works: a failed connect leaves MLflow as it was
         mlflow.set_experiment(experiment_id=exp_id)
     except Exception as e:  # any store error here means nothing would be logged: say so in one line
@@ -275,44 +282,15 @@ def _write_exclusive(path: Path, text: str) -> bool:
         os.unlink(tmp)
 
 
-def _checked(run_id: str, where: str) -> str:
-    try:
-        _client().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise UsageError(
-            f"parent MLflow run {run_id} (from {where}) does not exist in {redact(_connected['uri'])}; "
-            f"fix it, or remove it to start a new pipeline run"
-        ) from None
-    return run_id
+# The pipeline's parent run lives in xkd.tracking.pipeline_run (one per pipeline run, keyed by the invocation);
+# these names stay here because every step and the KFP task shims call them through this module.
 
 
 def parent_run_id(create: bool = True, outputs_dir: str | Path = "outputs", cli_value: str | None = None) -> str | None:
-    """The pipeline's parent run: `--mlflow-parent` value, else `MLFLOW_PARENT_RUN_ID`, else
-    `<outputs_dir>/mlflow_parent.json`, else (create=True) a new parent run recorded in that file."""
-    if cli_value:
-        return _checked(cli_value, "--mlflow-parent")
-    if os.environ.get(PARENT_ENV):
-        return _checked(os.environ[PARENT_ENV], PARENT_ENV)
-    path = Path(outputs_dir) / PARENT_FILE
-    if path.exists():
-        try:
-            return _checked(json.loads(path.read_text())["run_id"], str(path))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UsageError(f"{path} is not a parent-run record; remove it to start a new pipeline run") from None
-    if not create:
-        return None
-    client = _client()
-    run = client.create_run(
-        experiment_id(),
-        run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags=_base_tags({"xkd.role": "pipeline"}),
-    )
-    # the file is shared with other steps and may be committed or archived: never the URI's credentials
-    record = {"run_id": run.info.run_id, "tracking_uri": redact(_connected["uri"]), "experiment_id": experiment_id()}
-    if _write_exclusive(path, json.dumps(record, indent=2) + "\n"):
-        return run.info.run_id
-    client.delete_run(run.info.run_id)  # lost the race: nest under the winner's run instead
-    return parent_run_id(create=False, outputs_dir=outputs_dir)
+    """The pipeline's parent run (xkd.tracking.pipeline_run.parent_run_id)."""
+    from xkd.tracking import pipeline_run
+
+    return pipeline_run.parent_run_id(create, outputs_dir, cli_value)
 
 
 def finish_parent(parent_id: str, status: str = "FINISHED") -> None:
@@ -322,9 +300,10 @@ def finish_parent(parent_id: str, status: str = "FINISHED") -> None:
 
 def pipeline_parent(mlflow_parent: str | None = None) -> str:
     """Every step's preamble: connect to the store (one clear error if unusable), then the pipeline's parent
-    run (`parent_run_id`: the CLI value, the environment, outputs/mlflow_parent.json, or a new one)."""
-    connect()
-    return parent_run_id(create=True, cli_value=mlflow_parent)
+    run (xkd.tracking.pipeline_run: the CLI value, the environment, this invocation's record, or a new one)."""
+    from xkd.tracking import pipeline_run
+
+    return pipeline_run.pipeline_parent(mlflow_parent)
 
 
 @contextlib.contextmanager
@@ -342,18 +321,22 @@ def step_run(
     tags: dict | None = None,
     log_system_metrics: bool | None = None,
 ):
-    """Start (or resume `run_id`, keeping its original parent) a run for `step` nested under `parent_id`;
-    ends FINISHED, or FAILED (KILLED on Ctrl-C) when an exception escapes, which is re-raised.
+    """Start (or resume `run_id`) a run for `step` nested under `parent_id`; ends FINISHED, or FAILED (KILLED
+    on Ctrl-C) when an exception escapes, which is re-raised, and then marks `parent_id` the same way: the
+    pipeline run failed with its step. A resumed run moves under `parent_id` (the pipeline run finishing it).
     Yields the ActiveRun."""
     client = _client()
     if run_id:
         try:
-            client.get_run(run_id)
+            previous = client.get_run(run_id).data.tags.get(PARENT_TAG)
         except mlflow.exceptions.MlflowException:
             raise UsageError(
                 f"MLflow run {run_id} to resume does not exist in {redact(_connected['uri'])}; use the "
                 f"tracking store the run started with, or start a fresh output directory"
             ) from None
+        if parent_id and previous and previous != parent_id:
+            client.set_tag(run_id, PARENT_TAG, parent_id)
+            client.set_tag(run_id, "xkd.resumed_from_parent", previous)
     run = mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else experiment_id(),
@@ -377,11 +360,11 @@ def step_run(
     finally:
         try:
             mlflow.end_run(status=status)
+            if status != RunStatus.to_string(RunStatus.FINISHED) and parent_id:
+                client.set_terminated(parent_id, status=status)
         except Exception as e:  # a store gone since the start: one line, never masking the step's own error
             if status != RunStatus.to_string(RunStatus.FINISHED):
-                print(
-                    f"warning: could not mark MLflow run {run.info.run_id} {status} ({_one_line(e)})", file=sys.stderr
-                )
+                log.warning(f"could not mark MLflow run {run.info.run_id} {status} ({_one_line(e)})")
             else:
                 raise UsageError(
                     f"the step's work is done but its MLflow run {run.info.run_id} could not be closed in "
@@ -541,14 +524,13 @@ class MetricLogger:
             retries.removeFilter(quiet)
         ok = not self._worker.is_alive() and not errors
         if ok and self._failure is not None:
-            tqdm.write("MLflow tracking store reachable again: the pending metrics were sent", file=sys.stderr)
+            log.info("MLflow tracking store reachable again: the pending metrics were sent")
             self._failure = None
         elif not ok and self._failure is None:
             self._failure = _one_line(errors[0]) if errors else f"no answer within {self.flush_timeout:g} s"
-            tqdm.write(  # on a line of its own, not glued to a training progress bar
-                f"warning: MLflow tracking store {redact(_connected.get('uri', ''))} failed ({self._failure}); "
-                f"training goes on, unsent metrics wait in {self.pending} and are sent when it is back",
-                file=sys.stderr,
+            log.warning(  # xkd.log: on a line of its own, not glued to a training progress bar
+                f"MLflow tracking store {redact(_connected.get('uri', ''))} failed ({self._failure}); "
+                f"training goes on, unsent metrics wait in {self.pending} and are sent when it is back"
             )
         self.persist()
         return ok

@@ -32,10 +32,14 @@ from safetensors import SafetensorError, safe_open
 import model as xkd_model
 from model.bundle import BundleError, verify_bundle
 from xkd.errors import UsageError
+from xkd.log import logger
+
+log = logger(__name__)
 
 PREFIX = "ckpt-"
 CHECKSUMS = "checksums.json"
 RESUME_KEYS = ("epoch", "batch_in_epoch")  # the data position a resume continues from (with "step")
+NEW_CONFIG_CHOICES = ("refuse", "restart")  # what prepare_output does with a run of another config
 
 
 def fault_point(name: str, step: int) -> None:
@@ -86,12 +90,16 @@ def check_output(output: Path) -> None:
         raise UsageError(f"--output {output} is a file; pass a directory (it is created if missing)")
 
 
-def prepare_output(output: Path, cfg, main: bool) -> dict:
+def prepare_output(output: Path, cfg, main: bool, on_new_config: str = "refuse") -> dict:
     """The run state (`run.json`: config hash, MLflow run id) of `output`; a new run writes it with
-    `config.yaml` (rank 0). Refuses a config (`PretrainConfig`) that differs from the one a previous run left
-    once that run has a checkpoint. Before its first checkpoint there is nothing to resume: a run that failed
-    early (say a value that passed validation crashed the first step) must not lock `output` to its config,
-    so another config starts over there, in a new MLflow run."""
+    `config.yaml` (rank 0). A config (`PretrainConfig`) that differs from the one a previous run left once that
+    run has a checkpoint is refused (`on_new_config="refuse"`), or that run is cleared and the new config
+    starts over (`"restart"`: the dvc.yaml stage, where `dvc exp run -S ...` changes the config and DVC's cache
+    keeps each finished run's output), the log saying what was cleared. Before its first checkpoint there is
+    nothing to resume: a run that failed early (say a value that passed validation crashed the first step)
+    must not lock `output` to its config, so another config starts over there, in a new MLflow run."""
+    if on_new_config not in NEW_CONFIG_CHOICES:
+        raise UsageError(f"on_new_config must be one of {NEW_CONFIG_CHOICES}, got {on_new_config!r}")
     check_output(output)
     run_file, digest = output / "run.json", cfg.resume_hash()
     if run_file.exists():
@@ -102,17 +110,44 @@ def prepare_output(output: Path, cfg, main: bool) -> dict:
             previous, recorded = None, "unreadable"
         if recorded == digest:
             return previous
-        if checkpoint_dirs(output):
+        if checkpoint_dirs(output) and on_new_config == "refuse":
             raise UsageError(
                 f"{output} holds a run with another config (hash {recorded} != {digest}); "
                 "use the same config to resume, or a new --output"
             )
+        if checkpoint_dirs(output) and main:
+            clear_run(output, recorded, digest)
     state = {"config_hash": digest}
     if main:
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
         run_file.write_text(json.dumps(state, indent=2) + "\n")
     return state
+
+
+def clear_run(output: Path, recorded: str, digest: str) -> None:
+    """Empty `output` of the run of config `recorded` so that config `digest` starts over, logging what goes:
+    its newest step and whether it had finished (a finished run's output is in the DVC cache, a run killed
+    before its end is not)."""
+    dirs = checkpoint_dirs(output)
+    step = dirs[-1].name.removeprefix(PREFIX).lstrip("0") or "0"
+    if (output / "final").is_dir():
+        what = "finished: under dvc its output stays in the DVC cache (`dvc exp show`, `dvc exp apply`)"
+    else:
+        what = "unfinished: stopped before its end, so no cache holds it"
+    pending = output / "pending_metrics.jsonl"
+    if pending.exists() and pending.stat().st_size:
+        what += f"; {pending.name} held metrics the MLflow store never received"
+    log.warning(
+        f"{output} held a run of another config (hash {recorded}, newest checkpoint step {step}, "
+        f"{len(dirs)} checkpoint(s), {what}); cleared it to start config {digest}: "
+        + ", ".join(sorted(p.name for p in output.iterdir()))
+    )
+    for entry in output.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def checkpoint_dirs(output: Path) -> list[Path]:

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import model as xkd_model
 from xkd.data.photometric import finish_batch
 from xkd.data.pretrain_dataset import sample_seed
 from xkd.errors import UsageError
+from xkd.log import progress
 from xkd.train import checkpoint
 from xkd.train.batches import batch_stream
 from xkd.train.config import PretrainConfig
@@ -238,7 +238,7 @@ class Trainer:
         cfg, t, total = self.cfg, self.cfg.train, self.schedule.total
         step, position = trainer["step"], {"epoch": trainer["epoch"], "batch_in_epoch": trainer["batch_in_epoch"]}
         main = self.ddp.main
-        bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not main, dynamic_ncols=True)
+        bar = progress(total=total, initial=step, desc="pretrain", unit="step", disable=not main)
         last_ckpt, tick = time.time(), time.time()
         stream = batch_stream(data, sampler, t.batch_size, t.workers, position["epoch"], position["batch_in_epoch"])
         while step < total:
@@ -257,7 +257,8 @@ class Trainer:
                 logger.log(step, **metrics)
                 with open(out / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps({"step": step, **metrics}) + "\n")
-            bar.set_postfix(loss=f"{metrics['total']:.3f}", clips_s=f"{metrics['clips_per_s']:.1f}")
+            # refresh=False: the bar redraws on its own interval (a forced redraw each step floods a log file)
+            bar.set_postfix(loss=f"{metrics['total']:.3f}", clips_s=f"{metrics['clips_per_s']:.1f}", refresh=False)
             bar.update()
             every = cfg.checkpoint
             if step % every.every_steps == 0 or step == total or now - last_ckpt >= 60 * every.every_minutes:

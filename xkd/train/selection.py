@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import model as xkd_model
 from xkd.data.photometric import finish_batch
 from xkd.data.pretrain_dataset import PretrainDataset, ViewConfig, collate, sample_seed
+from xkd.log import progress
 from xkd.train.config import PretrainConfig
 
 RULE = "min held-out XKD loss (label-free), student and EMA teacher, every kept checkpoint"
@@ -52,7 +52,7 @@ def held_out_batches(cfg: PretrainConfig, clips: str, spectrograms: str | None, 
 def score_checkpoints(cfg: PretrainConfig, checkpoints: list[Path], batches: list[dict]) -> list[dict]:
     """[{checkpoint, step, role, val_loss}] for every checkpoint directory x {student, teacher}."""
     candidates = []
-    for ck in tqdm(checkpoints, desc="score checkpoints", unit="ckpt"):
+    for ck in progress(checkpoints, desc="score checkpoints", unit="ckpt"):
         step = int(ck.name.split("-")[1])
         for role in ("student", "teacher"):
             net = xkd_model.build(cfg.model)
