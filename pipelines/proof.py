@@ -233,36 +233,14 @@ def pretrain_and_probe(out: Path, params: dict, variant: str, seed: int, steps: 
     log(f"{variant} seed {seed}: {steps} steps + probes done ({minutes:.1f} min pretraining)")
 
 
-def controls(out: Path, params: dict, threads: int, seeds: list[int], steps: int) -> None:
-    """Random init (the same architecture, one per seed), hand-made features, shuffled labels (XKD's encoder)."""
-    final = out / "runs" / "xkd" / f"seed{seeds[0]}" / "checkpoints"
-    bundle = checkpoints(final.parent)[-1][1]
+def controls(out: Path, bundle: Path, threads: int) -> None:
+    """Hand-made features (no network), and through `bundle`'s architecture: random init (one, seeded by evaluate)
+    and its own features with shuffled training labels (must land at chance)."""
     for dataset, hand in HAND_MADE.items():
         evaluate(out, out / "controls" / hand / dataset, dataset, threads, "--features", hand)
-        evaluate(
-            out,
-            out / "controls" / "shuffled-labels" / dataset,
-            dataset,
-            threads,
-            "--encoder",
-            bundle,
-            "--role",
-            "student",
-            "--features",
-            "shuffled-labels",
-        )
-        evaluate(
-            out,
-            out / "controls" / "random-init" / dataset,
-            dataset,
-            threads,
-            "--encoder",
-            bundle,
-            "--role",
-            "student",
-            "--features",
-            "random-init",
-        )
+        for name in ("shuffled-labels", "random-init"):
+            dst = out / "controls" / name / dataset
+            evaluate(out, dst, dataset, threads, "--encoder", bundle, "--role", "student", "--features", name)
 
 
 def _mean(path: Path) -> float | None:
@@ -425,7 +403,8 @@ def run(
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for f in [pool.submit(pretrain_and_probe, out, params, v, s, steps, evals, threads) for v, s in work]:
             f.result()
-    controls(out, params, os.cpu_count() or 1, seeds, steps)
+    first = out / "runs" / variants[0] / f"seed{seeds[0]}"
+    controls(out, checkpoints(first)[-1][1], os.cpu_count() or 1)
     summary = collect(out, variants, seeds)
     write_summary(out, summary, time.monotonic() - started)
     for line in verdict(summary):
