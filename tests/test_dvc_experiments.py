@@ -5,7 +5,6 @@ starts a changed pretraining config cleanly, `dvc exp show` / `dvc metrics show`
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sample_data import AV, ESC, MICRO_AV
+from sample_data import micro_inputs
 
 from xkd.paths import REPO
 
@@ -42,18 +41,7 @@ def _project(root: Path) -> Path:
     (project / "data" / "samples" / "esc10").mkdir(parents=True)
     for f in ("MANIFEST.tsv", "esc10/esc10_labels.csv"):
         shutil.copy(REPO / "data" / "samples" / f, project / "data" / "samples" / f)
-    av, esc = project / "data" / "micro" / "av", project / "data" / "micro" / "esc10"
-    av.mkdir(parents=True)
-    esc.mkdir()
-    for name in MICRO_AV:
-        shutil.copy(AV / name, av / name)
-    count: dict[tuple, int] = {}
-    with open(ESC / "esc10_labels.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            key = (row["fold"], row["target"])
-            if row["fold"] in ("1", "2") and count.get(key, 0) < 2:
-                count[key] = count.get(key, 0) + 1
-                shutil.copy(ESC / "audio" / row["filename"], esc / row["filename"])
+    micro_inputs(project / "data" / "micro")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["datasets"] = {"samples-av": {"raw": "data/micro/av"}, "esc10": {"raw": "data/micro/esc10"}}
     params["pretrain"]["max_steps"] = 2

@@ -2,7 +2,6 @@
 (tiny preset, 2 steps, 2 partitions), and its metrics.json equal those of `dvc repro` of the same stages on
 the same data and seed (run beside it, in a temporary copy of the project)."""
 
-import csv
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sample_data import AV, ESC, MICRO_AV
+from sample_data import micro_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 # slow (minutes), and still run by `make test`: the only check that the KFP DAG computes what dvc.yaml does
@@ -21,25 +20,6 @@ SPECS = [{"dataset": "esc10", "protocol": "svm", "folds": "1,2", "role": "select
 # The bundle's path and the wall time differ between runners by nature; encoder_digest hashes the tensors and
 # sorted metadata (not the file bytes), so it must be equal too.
 VOLATILE = {"encoder", "wall_s"}
-
-
-def micro_inputs(root: Path) -> dict[str, Path]:
-    """4 real clips (one without audio) and 40 ESC-10 clips (2 per class in folds 1 and 2: the SVM's
-    validation carve needs two per class)."""
-    av, esc = root / "av", root / "esc10"
-    av.mkdir(parents=True)
-    esc.mkdir()
-    for name in MICRO_AV:
-        shutil.copy(AV / name, av / name)
-    count: dict[tuple, int] = {}
-    with open(ESC / "esc10_labels.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            key = (row["fold"], row["target"])
-            if row["fold"] in ("1", "2") and count.get(key, 0) < 2:
-                count[key] = count.get(key, 0) + 1
-                shutil.copy(ESC / "audio" / row["filename"], esc / row["filename"])
-    assert len(list(esc.iterdir())) == 40
-    return {"samples-av": av, "esc10": esc}
 
 
 def start_dvc(project: Path, inputs: dict[str, Path]) -> subprocess.Popen:
