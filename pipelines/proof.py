@@ -10,10 +10,11 @@ leave-one-speaker-out, and `digits-video`, folds by held-out image) + the contro
 statistics, shuffled labels). Then `summary.json`, `proof.md` (the table, margins over each control, the verdict
 against the issue's acceptance margins) and `learning_curves.png`.
 
-The corpus, extraction and pretraining settings are `configs/avdigits.yaml`'s: the ones `make run`
-uses, so the proof is about the main job's model. Re-running resumes: finished steps are skipped, a killed
-pretraining resumes from its newest checkpoint. Each step's output goes to a log file beside its result; a
-failing step stops the proof with that log's tail.
+The corpus, extraction and pretraining settings are `configs/avdigits.yaml`'s (one file, so that `make run`'s
+avdigits stages can read the same ones; they are not wired into `make run` yet). Re-running resumes: finished
+steps are skipped and a killed pretraining resumes from its newest checkpoint; other --steps or settings need
+another --output. Each step's output goes to a log file beside its result; a failing step stops the proof with
+that log's tail.
 """
 
 from __future__ import annotations
