@@ -121,7 +121,8 @@ def test_mlflow_run_is_nested_with_params_and_metrics(reference):
     assert run.data.params["model.lr"] == "0.0005" and "derived.effective_batch" in run.data.params
     history = client.get_metric_history(run_id, "total")
     assert [m.step for m in history] == list(range(1, STEPS + 1))
-    assert any(k.startswith("lineage.cache.clips") for k in run.data.tags)
+    # the clip cache is an input named by its dataset and split: lineage.cache.<dataset>/train/clips
+    assert any(k.startswith("lineage.cache.") and k.endswith("/train/clips") for k in run.data.tags)
     assert run.info.status == "FINISHED"
 
 
