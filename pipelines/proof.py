@@ -78,10 +78,9 @@ def load_settings(path: Path = REPO / "configs" / "avdigits.yaml") -> dict:
     return settings
 
 
-def build_caches(out: Path, params: dict, pairings: set[str], threads: int) -> dict[str, Path]:
+def build_caches(out: Path, params: dict, pairings: set[str], threads: int) -> None:
     """Corpus per pairing + its clip/spectrogram caches, the digits-video clips and the FSDD spectrograms."""
     av, ex = params, params["extract"]
-    roots = {}
     first = sorted(pairings)[0]
     for pairing in sorted(pairings):
         corpus, cache = out / "corpus" / pairing, out / "cache" / pairing
@@ -124,7 +123,6 @@ def build_caches(out: Path, params: dict, pairings: set[str], threads: int) -> d
             out / "logs" / f"spectrograms-{pairing}.log",
             threads,
         )
-        roots[pairing] = cache
     any_corpus = out / "corpus" / first
     step(
         py(
@@ -158,7 +156,6 @@ def build_caches(out: Path, params: dict, pairings: set[str], threads: int) -> d
         out / "logs" / "cache-fsdd.log",
         threads,
     )
-    return roots
 
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
