@@ -233,3 +233,22 @@ def test_evaluate_views_a_small_geometry_bundle_in_its_own_windows(tmp_path):
     one_s = frozen_features(source, None, specs, ids, vs, None, encoder_geometry(bundle))
     four_s = frozen_features(source, None, specs, ids, vs, None, PAPER)
     assert torch.equal(got["test"], one_s["test"]) and not torch.allclose(got["test"], four_s["test"])
+
+
+def test_the_configs_crop_area_ranges_reach_the_pretraining_views(monkeypatch, micro_clips):
+    """data.global_scale / data.local_scale (a corpus whose object is small in the frame needs whole-object crops)
+    are the ranges the views' RandomResizedCrop draws from; the default stays the official 0.2-1 / 0.08-0.4."""
+    from xkd.data import views
+
+    drawn = []
+    real_rrc = views.rrc_params
+    monkeypatch.setattr(
+        views, "rrc_params", lambda g, h, w, scale: drawn.append(tuple(scale)) or real_rrc(g, h, w, scale)
+    )
+    default = ViewConfig.from_config(load_config("tiny"))
+    assert (default.global_scale, default.local_scale) == ((0.2, 1.0), (0.08, 0.4))
+    cfg = load_config("tiny", ["data.global_scale=[0.6,1.0]", "data.local_scale=[0.5,0.9]"])
+    PretrainDataset(str(micro_clips), None, ViewConfig.from_config(cfg), seed=0)[0]
+    assert drawn == [(0.6, 1.0), (0.5, 0.9)]
+    with pytest.raises(UsageError, match="data.local_scale: an area range needs 0 < low <= high <= 1"):
+        load_config("tiny", ["data.local_scale=[0.9,0.5]"])

@@ -61,6 +61,8 @@ class ViewConfig:
             on_unreadable=cfg.data.on_unreadable,
             align_local_views=cfg.model.align_local_views,
             geometry=Geometry.from_model(cfg.model),
+            global_scale=tuple(cfg.data.global_scale),
+            local_scale=tuple(cfg.data.local_scale),
         )
 
     def __post_init__(self):

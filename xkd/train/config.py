@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 import model as xkd_model
 from xkd.data.cache_build import MANIFEST, read_manifest
@@ -83,6 +83,18 @@ class DataSettings(_Section):
     on_unreadable: Literal["raise", "skip"] = "raise"
     holdout_fraction: Real = Field(0.1, ge=0, lt=1)  # clips held out from pretraining for checkpoint selection
     holdout_min: StrictInt = Field(1, ge=0)
+    # RandomResizedCrop area ranges of the video views (official: global 0.2-1, local 0.08-0.4). A corpus whose
+    # object fills little of the frame (avdigits) can keep it whole in more crops with larger ranges.
+    global_scale: tuple[Real, Real] = (0.2, 1.0)
+    local_scale: tuple[Real, Real] = (0.08, 0.4)
+
+    @field_validator("global_scale", "local_scale")
+    @classmethod
+    def _area_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"an area range needs 0 < low <= high <= 1, got {list(value)}")
+        return value
 
 
 class CheckpointSettings(_Section):
