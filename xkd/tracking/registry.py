@@ -7,7 +7,8 @@ no pickle anywhere. The version carries a tensor signature (video [B,3,T,H,W] an
 [B, D] embeddings each, shapes from the bundle's config), a description (preset, data, steps, selection
 rule), each bundle file's sha256 as a tag (checked again after download), and, once evaluations have run on it,
 their scores (`attach_evaluation`: `eval.<spec>.<metric>` tags; the evaluation runs link their headline metrics
-to the version's logged model).
+to the version's logged model). The logged model lists the version registered from it (tag `mlflow.modelVersions`,
+what the UI reads), and the registered model's description is the current loading instructions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from model.bundle import BundleError, read_metadata
 from xkd.errors import UsageError
@@ -45,6 +47,12 @@ BUNDLE_FILES = tuple(f"{m}_{r}.safetensors" for m in ("video", "audio") for r in
 )
 REQUIREMENTS = ("torch", "timm", "safetensors", "numpy", "mlflow")  # what encoder_model.py and `model` import
 _DIGEST_TAG = "bundle.sha256."
+# the registered model's description (its page in the UI); replaced when an older pipeline's text is there
+MODEL_DESCRIPTION = (
+    'XKD encoder: mlflow.pyfunc.load_model("models:/xkd-encoder@champion").predict({"video": ..., "audio": ...}) '
+    "-> embeddings; each version's description and signature give the shapes. The signature requires both keys: "
+    "for one modality, pass the other as an empty batch (shape [0, ...])"
+)
 EVAL_TAG = "eval."
 
 
@@ -119,10 +127,13 @@ def register_encoder(
             pip_requirements=_requirements(),
         )
     client = tracking._client()
-    with contextlib.suppress(MlflowException):  # exists already: keep it
-        client.create_registered_model(
-            name, description='XKD encoder; mlflow.pyfunc.load_model("models:/xkd-encoder@champion") -> embeddings'
-        )
+    try:
+        client.create_registered_model(name, description=MODEL_DESCRIPTION)
+    except MlflowException:  # exists already: its description may be an older pipeline's loading instructions
+        current = client.get_registered_model(name).description or ""
+        # only text this pipeline wrote (all began "XKD encoder") is replaced: a user's own words stay
+        if current != MODEL_DESCRIPTION and (not current or current.startswith("XKD encoder")):
+            client.update_registered_model(name, description=MODEL_DESCRIPTION)
     version_tags = {f"{_DIGEST_TAG}{f}": file_sha256(bundle_dir / f) for f in BUNDLE_FILES}
     version_tags.update(
         {"bundle.format": meta["format"], "bundle.preset": meta["preset"], "bundle.variant": meta["variant"]}
@@ -131,8 +142,20 @@ def register_encoder(
     mv = client.create_model_version(
         name, info.model_uri, run_id=run_id, tags=version_tags, description=description, model_id=info.model_id
     )
+    _link_logged_model(info.model_id, name, mv.version)
     client.set_registered_model_alias(name, alias, mv.version)  # aliases, never stages (Contracts)
     return int(mv.version)
+
+
+def _link_logged_model(model_id: str, name: str, version) -> None:
+    """Record the version on its logged model (tag `mlflow.modelVersions`), as `mlflow.register_model` and a
+    tracking server do; `MlflowClient.create_model_version` on a sqlite or file store does not, and the UI's
+    logged-model page then says "Not registered". Kept once per version whoever wrote it first."""
+    client = tracking._client()
+    listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    entry = {"name": name, "version": str(version)}
+    if entry not in listed:
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*listed, entry])})
 
 
 def _bundle_in(model_dir: Path) -> Path:
