@@ -20,7 +20,7 @@ help:
 	@echo "make bench  - the benchmarks (prints ratios against their baselines)"
 	@echo "make bench-official XKD_OFFICIAL=/path/to/XKD - ours vs the official code, side by side (no path: how to get it)"
 	@echo "make proof  - does XKD learn? 3 seeds x {XKD, MAE-only, no alignment, mismatched pairs} on AV-Digits + controls"
-	@echo "make ui     - MLflow UI on http://127.0.0.1:5000 over the project's store (runs, registry)"
+	@echo "make ui     - MLflow UI on http://127.0.0.1:5000 over the project's store (runs, registry); first the link to the runs"
 	@echo "make image - build the project image (docker or podman; base pinned by digest; prints its size)"
 	@echo "make e2e   - build the image, then run the KFP DAG and a 2-node TrainJob command in containers"
 
@@ -76,8 +76,11 @@ data: install
 	  $(if $(REMOTE),--remote "$(REMOTE)") $(if $(SPLIT),--split $(SPLIT))
 
 # Browse runs, nested evaluations and the model registry. Loopback only: the store holds no auth.
+# First the experiment's address in the model-training view (MLflow 3 opens experiments in its GenAI view).
+UI_STORE = $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
+	@$(BIN)/python -m xkd.tracking.ui_url --backend-store-uri "$(UI_STORE)" --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri "$(UI_STORE)" --host 127.0.0.1 --port 5000
 
 # The project image (container/build_image.sh: IMAGE, BASE_IMAGE=NAME@sha256:..., BASE_TAG, ENGINE).
 image:

@@ -214,7 +214,9 @@ def _track_start(dataset, protocol, role, features, preset, settings, digest, fo
 
 def _track_end(metrics: dict, out: Path, bundle: Path | None) -> None:
     """The headline (`<metric>` = the mean over folds, `<metric>_std`), each fold as its own key
-    (`fold_<k>/<metric>`), never as steps; metrics.json; and the scores on the registered encoder version."""
+    (`fold_<k>/<metric>`), never as steps; metrics.json; and, for the encoder itself only, the scores on the
+    registered encoder version. A control (random-init, stats, shuffled labels) scores something else than the
+    encoder: it stays in its own run, or the model's page would list, say, a random-init score as the model's."""
     import mlflow
 
     from xkd.tracking import registry
@@ -225,7 +227,8 @@ def _track_end(metrics: dict, out: Path, bundle: Path | None) -> None:
     for f in metrics["folds"]:
         per_fold[f"fold_{f['fold']}/{key}"] = f[key]
         per_fold[f"fold_{f['fold']}/paper_style_{key}"] = f["paper_style"][key]
-    version = registry.attach_evaluation(bundle, metrics) if bundle is not None else None
+    the_encoder = bundle is not None and metrics["features"] == "encoder" and not metrics["shuffled_labels"]
+    version = registry.attach_evaluation(bundle, metrics) if the_encoder else None
     # linked to the registered model (MLflow 3 logged model): the version's page lists the scores
     mlflow.log_metrics(head, step=0, model_id=registry.logged_model_id(version) if version is not None else None)
     mlflow.log_metrics(per_fold, step=0)

@@ -84,12 +84,15 @@ def run(
     run_id = trainer.get("mlflow_run_id") or state.get("mlflow_run_id")
     # rank 0 only; an unreachable store is one clear error now, not lost metrics later
     parent = tracking.pipeline_parent(mlflow_parent) if ddp.main else None
+    # a resumed run that moves under this pipeline run shows this run's code and inputs, not the ones it began with
+    moved = ddp.main and run_id is not None and tracking.moved_from(run_id, parent) is not None
     run_ctx = tracking.step_run("pretrain", parent, run_id=run_id, log_system_metrics=ddp.device.type == "cuda")
     with run_ctx if ddp.main else contextlib.nullcontext() as mlflow_run:
         logger = None
         if ddp.main:
-            if run_id is None:  # a resumed run goes on in its MLflow run: params and lineage are logged once
+            if run_id is None:  # a resumed run goes on in its MLflow run: params are logged once
                 tracking.log_params_flat({**cfg.to_dict(), "derived": derived})
+            if run_id is None or moved:  # lineage tags (git state of this pipeline run) and the named inputs
                 lineage.log_lineage(lineage.collect(caches=caches), context="training")
             logger = _metric_logger(out, state, mlflow_run.info.run_id, trainer["step"])
         step = engine.fit(data, sampler, out, trainer, logger, state)

@@ -75,3 +75,23 @@ def test_an_evaluation_run_lasts_the_evaluation_and_leads_with_the_mean(
     closed = client.get_run(parent)
     assert closed.info.status == "FINISHED"
     assert closed.data.metrics["esc10-svm/top1"] == pytest.approx(m["mean"])
+
+
+def test_controls_stay_in_their_own_runs_and_never_score_the_registered_model(
+    registered_bundle, micro_esc_spectrograms, tmp_path
+):
+    data = tmp_path / "esc_micro"
+    data.mkdir()
+    (data / "spectrograms").symlink_to(micro_esc_spectrograms)
+    scores = {}
+    for features in ("random-init", "shuffled-labels"):  # controls that read the same registered bundle
+        out = tmp_path / "eval" / features
+        m = evaluate(str(registered_bundle), "esc10", "svm", str(data), str(out), folds="1,2", features=features)
+        scores[f"evaluate:esc10-svm-{features}"] = m["mean"]
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([tracking.experiment_id()], "tags.`xkd.step` LIKE 'evaluate:%'")
+    assert {r.data.tags["xkd.step"]: r.data.metrics["top1"] for r in runs} == pytest.approx(scores)
+
+    version = client.get_model_version(registry.NAME, "1")
+    assert not [k for k in version.tags if k.startswith(registry.EVAL_TAG)]  # no eval.<control> tags
+    assert client.get_logged_model(registry.logged_model_id(version)).metrics in (None, [])

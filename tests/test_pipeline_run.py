@@ -54,6 +54,39 @@ def test_each_invocation_gets_its_own_parent_and_a_stale_record_never_blocks(sto
         assert json.loads((out / "mlflow_parent.json").read_text())["run_id"] == fresh
 
 
+def _live_dvc_invocation() -> str:
+    """The key of a `dvc repro` that is running now: this test process stands in for it (live pid, its start)."""
+    from xkd.tracking import pipeline_run
+
+    return f"dvc:{os.getpid()}:{pipeline_run._proc_start(os.getpid())}"
+
+
+def test_a_step_run_by_hand_never_joins_or_closes_a_running_pipeline_run(store, tmp_path, monkeypatch):
+    from xkd.tracking import pipeline_run
+
+    out = tmp_path / "outputs"
+    with monkeypatch.context() as m:  # a stage of the `make run` going on
+        m.setattr(pipeline_run, "invocation", _live_dvc_invocation)
+        shared = tracking.parent_run_id(outputs_dir=out)
+    record = (out / "mlflow_parent.json").read_text()
+
+    monkeypatch.chdir(tmp_path)  # a report run by hand while that pipeline run is in progress
+    own = tracking.pipeline_parent()
+    metric = {"dataset": "esc10", "protocol": "svm", "features": "random-init", "metric": "top1", "mean": 9.0}
+    pipeline_run.finish_pipeline(own, [{**metric, "std": 1.0}])
+    assert own != shared and store.get_run(own).info.status == "FINISHED"
+    untouched = store.get_run(shared)
+    assert untouched.info.status == "RUNNING" and untouched.data.metrics == {}  # the pipeline run goes on
+    assert (out / "mlflow_parent.json").read_text() == record  # its later stages still find it
+    assert tracking.parent_run_id(create=False, outputs_dir=out) is None  # nothing of another invocation to join
+
+    (out / "mlflow_parent.json").write_text(record.replace(_live_dvc_invocation(), "dvc:999999999:1"))
+    replaced = tracking.parent_run_id(outputs_dir=out)  # that dvc process is gone: an abandoned parent
+    assert store.get_run(shared).info.status == "KILLED" and replaced not in (shared, own)
+    assert json.loads((out / "mlflow_parent.json").read_text())["invocation"] is None
+    assert tracking.parent_run_id(outputs_dir=out) == replaced  # steps run by hand share a hand-run parent
+
+
 def test_a_failed_step_fails_the_pipeline_run_and_a_resumed_run_joins_the_new_one(store, tmp_path, monkeypatch):
     out = tmp_path / "outputs"
     monkeypatch.setenv(RUN_ENV, "1")

@@ -23,14 +23,14 @@ STEPS = 12
 OVERRIDES = ["checkpoint.every_steps=4", "model.lr=5e-4"]
 
 
-def command(clips, output) -> list[str]:
-    args = ["--config", "tiny", "--clips", str(clips), "--output", str(output), "--max-steps", str(STEPS)]
+def command(clips, output, steps: int = STEPS) -> list[str]:
+    args = ["--config", "tiny", "--clips", str(clips), "--output", str(output), "--max-steps", str(steps)]
     for o in OVERRIDES:
         args += ["--set", o]
     return [sys.executable, "-m", "components.pretrain", *args]
 
 
-def launch(clips, output, env_extra=None, wait=True):
+def launch(clips, output, env_extra=None, wait=True, steps: int = STEPS):
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{Path(output).parent / 'mlflow.db'}",
@@ -38,7 +38,7 @@ def launch(clips, output, env_extra=None, wait=True):
         **(env_extra or {}),
     }
     proc = subprocess.Popen(
-        command(clips, output),
+        command(clips, output, steps),
         cwd=Path(output).parent,
         env=env,
         stdout=subprocess.PIPE,
@@ -164,6 +164,52 @@ def test_killed_before_any_checkpoint_or_before_the_export_resumes_bit_identical
         assert_identical(load_file(str(out / "final" / f"{name}.safetensors")), ref)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # no step logged twice
+
+
+def test_a_resumed_run_moved_under_a_new_pipeline_run_shows_its_code_and_input_names(
+    micro_clips, tmp_path, monkeypatch
+):
+    """An output left by an older version (run.json naming its MLflow run, nested under an earlier pipeline run,
+    with the input names and git commit of then) resumed by a new pipeline run: the run moves under the new parent
+    and shows the lineage tags of that pipeline run and the inputs under their current names."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from xkd.tracking import lineage
+    from xkd.tracking import runs as tracking
+    from xkd.train.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("XKD_PIPELINE_RUN", "older")
+    for name in (tracking.PARENT_ENV, "DVC_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    tracking.connect()
+    with tracking.step_run("pretrain", tracking.parent_run_id()) as old:  # as the older version logged it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a local path matches two equivalent MLflow source types
+            source = resolve_dataset_source(str(micro_clips.resolve()))
+        mlflow.log_input(MetaDataset(source=source, name="clips", digest="0ld"), context="training")
+        mlflow.set_tags({"lineage.git_commit": "0" * 40, "lineage.git_dirty": "True"})
+    out = tmp_path / "out"
+    out.mkdir()
+    state = {"config_hash": load_config("tiny", [*OVERRIDES, "train.max_steps=2"]).resume_hash()}
+    (out / "run.json").write_text(json.dumps({**state, "mlflow_run_id": old.info.run_id}))
+
+    code, err = launch(micro_clips, out, {"XKD_PIPELINE_RUN": "newer"}, steps=2)
+    assert code == 0, err[-3000:]
+    client = mlflow.MlflowClient()
+    run = client.get_run(old.info.run_id)
+    parent = client.get_run(json.loads((tmp_path / "outputs" / "mlflow_parent.json").read_text())["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    for tag in ("lineage.git_commit", "lineage.git_dirty"):  # the state the new pipeline run took at its start
+        assert run.data.tags[tag] == parent.data.tags[tag], tag
+    names = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert f"{lineage.cache_dataset(micro_clips)}/train/clips" in names
+    assert f"lineage.cache.{lineage.cache_dataset(micro_clips)}/train/clips" in run.data.tags
 
 
 def test_torchrun_two_cpu_processes(micro_clips, tmp_path):

@@ -12,8 +12,11 @@ stages share a parent, and it is keyed by the *invocation*: `XKD_PIPELINE_RUN` w
 start time name one `dvc repro` / `dvc exp run`). A record of another invocation, of a run that has ended, or
 of a run the store does not hold is replaced by a new parent run -- a stale record never nests a new pipeline
 run under an old one, nor stops it. An abandoned parent still RUNNING (its invocation was killed) is marked
-KILLED when the next invocation replaces it. The git state (`lineage.git_dirty`) is taken when the parent
-opens, before the steps write anything, and every step of the run reports that one.
+KILLED when the next invocation replaces it. A step run by hand (no invocation) joins only a hand-run parent:
+while the record's RUNNING parent belongs to an invocation that may still be going (a `dvc` process alive with
+the recorded start time, or an `env:` one, whose end nobody can see), the step gets a parent of its own that is
+not recorded, and the shared record and its run are left as they are. The git state (`lineage.git_dirty`) is
+taken when the parent opens, before the steps write anything, and every step of the run reports that one.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _is_dvc(pid: int) -> bool:
 
 def invocation() -> str | None:
     """What names this pipeline run across its stage processes: `XKD_PIPELINE_RUN`, else the `dvc` process
-    this stage runs under (pid + start time), else None (a step run by hand: any RUNNING record is reused)."""
+    this stage runs under (pid + start time), else None (a step run by hand)."""
     if os.environ.get(RUN_ENV):
         return f"env:{os.environ[RUN_ENV]}"
     if not os.environ.get("DVC_STAGE"):
@@ -105,26 +108,46 @@ def _adopt(run_id: str) -> str:
     return run_id
 
 
-def _reusable(path: Path, key: str | None) -> str | None:
-    """The record's parent run when this invocation may nest under it; otherwise None, after marking an
-    abandoned RUNNING parent of another invocation KILLED."""
+def _may_be_running(key: str | None) -> bool:
+    """Whether invocation `key` may still be going: `dvc:<pid>:<start>` while a process with that pid and start
+    time exists (a reused pid has another start time); `env:...` always (its end is not visible from here)."""
+    if key is None:
+        return False
+    kind, _, rest = key.partition(":")
+    if kind != "dvc":
+        return True
+    pid, _, start = rest.partition(":")
+    return pid.isdigit() and _proc_start(int(pid)) == start
+
+
+def _reusable(path: Path, key: str | None) -> tuple[str | None, bool]:
+    """(the record's parent run when this invocation may nest under it, else None; whether this invocation may
+    replace the record). A RUNNING parent of another invocation is marked KILLED before it is replaced, except
+    by a step run by hand while that invocation may still be going: neither joined nor touched then."""
     try:
         record = json.loads(path.read_text())
         run_id = record["run_id"]
         run = tracking._client().get_run(run_id)
     except FileNotFoundError:
-        return None
+        return None, True
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, mlflow.exceptions.MlflowException):
         log.info(f"{path} names no parent run in this tracking store: a new pipeline run starts")
-        return None
+        return None, True
     if run.info.status != _RUNNING:
-        return None  # that pipeline run is over (FINISHED, FAILED, KILLED)
-    if key is None or record.get("invocation") == key:
-        return run_id  # no invocation to tell runs apart (a step run by hand): the running pipeline run
+        return None, True  # that pipeline run is over (FINISHED, FAILED, KILLED)
+    owner = record.get("invocation")
+    if owner == key:
+        return run_id, True  # a later stage of the same invocation (or hand-run steps among themselves)
+    if key is None and _may_be_running(owner):
+        log.info(
+            f"parent MLflow run {run_id} belongs to the pipeline run in progress {owner}: this step, run by hand,"
+            " gets a parent run of its own"
+        )
+        return None, False
     log.info(f"parent MLflow run {run_id} belongs to an earlier invocation that did not finish: marked KILLED")
     with contextlib.suppress(mlflow.exceptions.MlflowException):
         tracking._client().set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
-    return None
+    return None, True
 
 
 def _create(key: str | None) -> str:
@@ -146,12 +169,14 @@ def parent_run_id(create: bool = True, outputs_dir: str | Path = "outputs", cli_
     if os.environ.get(tracking.PARENT_ENV):
         return _adopt(_checked(os.environ[tracking.PARENT_ENV], tracking.PARENT_ENV))
     path, key = Path(outputs_dir) / tracking.PARENT_FILE, invocation()
-    found = _reusable(path, key)
+    found, may_replace = _reusable(path, key)
     if found is not None:
         return _adopt(found)
     if not create:
         return None
     run_id = _create(key)
+    if not may_replace:  # the record stays the running pipeline run's; this parent is this process's alone
+        return _adopt(run_id)
     # the file is shared with other steps and may be committed or archived: never the URI's credentials
     record = {
         "run_id": run_id,

@@ -313,6 +313,19 @@ def pipeline_step_run(step: str, mlflow_parent: str | None = None, **kwargs):
         yield run
 
 
+def moved_from(run_id: str, parent_id: str | None) -> str | None:
+    """The pipeline run that `run_id` is nested under when resuming it under `parent_id` moves it there
+    (`step_run` does), else None. One clear error when the store does not hold the run."""
+    try:
+        previous = _client().get_run(run_id).data.tags.get(PARENT_TAG)
+    except mlflow.exceptions.MlflowException:
+        raise UsageError(
+            f"MLflow run {run_id} to resume does not exist in {redact(_connected['uri'])}; use the "
+            f"tracking store the run started with, or start a fresh output directory"
+        ) from None
+    return previous if parent_id and previous and previous != parent_id else None
+
+
 @contextlib.contextmanager
 def step_run(
     step: str,
@@ -326,17 +339,10 @@ def step_run(
     pipeline run failed with its step. A resumed run moves under `parent_id` (the pipeline run finishing it).
     Yields the ActiveRun."""
     client = _client()
-    if run_id:
-        try:
-            previous = client.get_run(run_id).data.tags.get(PARENT_TAG)
-        except mlflow.exceptions.MlflowException:
-            raise UsageError(
-                f"MLflow run {run_id} to resume does not exist in {redact(_connected['uri'])}; use the "
-                f"tracking store the run started with, or start a fresh output directory"
-            ) from None
-        if parent_id and previous and previous != parent_id:
-            client.set_tag(run_id, PARENT_TAG, parent_id)
-            client.set_tag(run_id, "xkd.resumed_from_parent", previous)
+    previous = moved_from(run_id, parent_id) if run_id else None
+    if previous:
+        client.set_tag(run_id, PARENT_TAG, parent_id)
+        client.set_tag(run_id, "xkd.resumed_from_parent", previous)
     run = mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else experiment_id(),
