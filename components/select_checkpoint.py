@@ -121,12 +121,13 @@ def _description(cfg, pre: Path, clips: str, winner: dict, held: int) -> str:
     split = json.loads((pre / "holdout.json").read_text())
     m, data = cfg.model, lineage.cache_dataset(clips)
     return (
-        f"XKD {m.variant} encoder, preset {m.preset} (width {m.width}, depth {m.depth}); the {winner['role']} of "
+        f"{m.variant.upper()} encoder, preset {m.preset} (width {m.width}, depth {m.depth}); the {winner['role']} of "
         f"checkpoint {winner['checkpoint']} (step {winner['step']} of {cfg.train.max_steps or 'the full schedule'}). "
         f"Pretrained on {data}: {len(split.get('train', []))} clips, {held} held out for selection. "
         f"Selection rule: {selection.RULE} (val_loss {winner['val_loss']:.4f}). "
         'Use: mlflow.pyfunc.load_model("models:/xkd-encoder@champion").predict({"video": [B,3,T,H,W] float32, '
-        '"audio": [B,1,80,T] float32}) -> {"video": [B,D], "audio": [B,D]} embeddings (see the signature).'
+        '"audio": [B,1,80,T] float32}) -> {"video": [B,D], "audio": [B,D]} embeddings (see the signature; both '
+        "keys are required: for one modality, pass the other as an empty batch, shape [0, ...])."
     )
 
 

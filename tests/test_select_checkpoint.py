@@ -38,3 +38,19 @@ def test_selection_uses_the_pretraining_view_config(tmp_path, micro_clips, monke
     assert seen["views"] == ViewConfig.from_config(cfg)
     assert seen["views"].on_unreadable == "skip" and seen["views"].blur_sigma == "sampled"
     assert seen["views"].audio_local_views == cfg.model.audio_local_views
+
+
+def test_the_version_description_says_what_was_trained_how_it_was_chosen_and_how_to_load_it(tmp_path, micro_clips):
+    """The registered version's description (its page in the MLflow UI): preset, data, steps, selection rule and
+    the loading call, including how to embed one modality through the two-input signature."""
+    cfg = load_config("tiny", ["train.max_steps=24"])
+    pre = tmp_path / "pretrain"
+    pre.mkdir()
+    (pre / "holdout.json").write_text(json.dumps({"train": ["a", "b", "c"], "holdout": ["d"], "excluded": {}}))
+    winner = {"role": "student", "checkpoint": "ckpt-00000016", "step": 16, "val_loss": 4.72521}
+    text = select_checkpoint._description(cfg, pre, str(micro_clips), winner, held=1)
+    assert text.startswith("XKD encoder, preset tiny (width 64, depth 2); the student of checkpoint ckpt-00000016")
+    assert "(step 16 of 24)" in text and "3 clips, 1 held out for selection" in text
+    assert f"Selection rule: {selection.RULE} (val_loss 4.7252)" in text
+    assert 'mlflow.pyfunc.load_model("models:/xkd-encoder@champion")' in text
+    assert "pass the other as an empty batch, shape [0, ...]" in text
