@@ -59,12 +59,12 @@ def batch_of_views(clips: list[torch.Tensor], size: int, g: torch.Generator) -> 
         clip = clips[i % len(clips)]
         _, _, h, w = clip.shape
         box = views.rrc_params(g, h, w, (0.2, 1.0))
-        glob.append(views.resized_crop(clip, box, VIDEO_SIZE, flip=False).permute(1, 0, 2, 3))
+        glob.append(views.resized_crop(clip, box, VIDEO_SIZE, flip=False))
         glob_p.append(views.draw_photometric(g).as_tensor())
         start = views.randint(g, 0, views.CLIP_FRAMES - views.LOCAL_FRAMES)
         box = views.rrc_params(g, h, w, (0.08, 0.4))
         part = clip[start : start + views.LOCAL_FRAMES]
-        loc.append(views.resized_crop(part, box, LOCAL_SIZE, flip=False).permute(1, 0, 2, 3))
+        loc.append(views.resized_crop(part, box, LOCAL_SIZE, flip=False))
         loc_p.append(views.draw_photometric(g, grey_p=0.2, blur_p=0.5).as_tensor())
     return [(torch.stack(glob).contiguous(), torch.stack(glob_p)), (torch.stack(loc).contiguous(), torch.stack(loc_p))]
 

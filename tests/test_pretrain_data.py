@@ -315,3 +315,26 @@ def test_aligned_local_views_start_at_the_same_time(late_audio, monkeypatch):
         assert abs(video_t - audio_t) <= 1 / sr
         starts.add(offset)
     assert len(starts) > 3  # the local start is still drawn, now shared by both modalities
+
+
+def test_resized_crop_is_the_plain_crop_resize_flip_in_the_model_layout(dataset):
+    """The loader's fast path (interleaved frames, one numpy copy) gives exactly the pixels of the plain torch
+    ops (crop, antialiased bilinear resize, mirror) on a real clip, as a contiguous [3, T, S, S]."""
+    import torch.nn.functional as F
+
+    frames = dataset.clips.clip(dataset.ids[0], frames=slice(0, 32))[0]
+    assert frames.shape[1:] == (112, 149, 3) and frames.is_contiguous()
+    planar = frames.permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]
+    cases = (((3, 10, 100, 120), 112, True), ((20, 40, 50, 61), 96, False), ((0, 0, 112, 149), 64, True))
+    for box, size, flip in cases:
+        top, left, h, w = box
+        want = F.interpolate(
+            planar[:, :, top : top + h, left : left + w].contiguous(),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        want = (want.flip(-1) if flip else want).permute(1, 0, 2, 3)
+        got = views.resized_crop(frames.permute(0, 3, 1, 2), box, size, flip)
+        assert got.shape == (3, 32, size, size) and got.is_contiguous() and torch.equal(got, want)

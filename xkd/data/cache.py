@@ -65,7 +65,11 @@ class CacheReader:
             jpegs = jpegs[frames]
         data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
         decoded = decode_jpeg(data) if data else []
-        video = torch.stack(decoded).permute(0, 2, 3, 1) if decoded else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+        # decode_jpeg returns CHW views of HWC buffers: stacking them as HWC is a plain copy, where stacking
+        # the CHW views de-interleaves every pixel (~15x slower, the loader's largest cost before)
+        if not decoded:
+            return torch.empty(0, 0, 0, 3, dtype=torch.uint8), float(self.entry(clip_id)["video"]["fps"])
+        video = torch.stack([d.permute(1, 2, 0) for d in decoded])
         return video, float(self.entry(clip_id)["video"]["fps"])
 
     def audio(self, clip_id: str) -> np.ndarray:

@@ -161,7 +161,7 @@ class PretrainDataset(Dataset):
             geom=geom,
         )
         frames, _ = self.clips.clip(cid, frames=slice(win.frame0, win.frame0 + geom.clip_frames))
-        clip = views.window_frames(frames.permute(0, 3, 1, 2), 0, geom.clip_frames)  # [T, 3, H, W] uint8
+        clip = views.window_frames(frames, 0, geom.clip_frames).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8, interleaved
         _, _, h, w = clip.shape
 
         box = views.rrc_params(g, h, w, cfg.global_scale)
@@ -179,9 +179,9 @@ class PretrainDataset(Dataset):
             )
 
         sample = {
-            "video": video.permute(1, 0, 2, 3).contiguous(),  # [3, T, S, S]
+            "video": video,  # [3, T, S, S]
             "video_aug": video_aug.as_tensor(),
-            "video_local": [v.permute(1, 0, 2, 3).contiguous() for v in locals_],
+            "video_local": locals_,  # each [3, t, s, s]
             "video_local_aug": [a.as_tensor() for a in local_augs],
             "audio": views.audio_global(g, wave, spec, win.sample0, geom=geom),
             "audio_local": [

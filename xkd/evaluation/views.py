@@ -123,15 +123,15 @@ class EvalViews:
     def video(self, cid: str, wins: list[views.Window], vs: ViewSettings, g: torch.Generator | None) -> torch.Tensor:
         """Test: normalised [n * test_crops, 3, T, S, S]; train (g): augmented and normalised [n, 3, T, S, S]
         (T the geometry's clip frames, S the crop side)."""
-        frames = self.clips.clip(cid)[0].permute(0, 3, 1, 2)
+        frames = self.clips.clip(cid)[0]  # [T, H, W, 3]: padded in this layout, where a copy is cheap
         out, params, size = [], [], self.settled(vs).size
         for w in wins:
-            clip = views.window_frames(frames, w.frame0, self.geometry.clip_frames)
+            clip = views.window_frames(frames, w.frame0, self.geometry.clip_frames).permute(0, 3, 1, 2)
             if g is None:
                 out += [c.permute(1, 0, 2, 3) for c in views.centre_crops(clip, size, vs.test_crops)]
                 continue
             box = views.rrc_params(g, clip.shape[2], clip.shape[3], vs.train_scale)
-            out.append(views.resized_crop(clip, box, size, flip=views.uniform(g, 0, 1) < 0.5).permute(1, 0, 2, 3))
+            out.append(views.resized_crop(clip, box, size, flip=views.uniform(g, 0, 1) < 0.5))
             params.append(views.draw_photometric(g, grey_p=vs.grey_p).as_tensor())
         if g is None:
             return normalise(torch.stack(out))
