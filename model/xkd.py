@@ -104,7 +104,7 @@ class XKD(nn.Module):
 
     @torch.no_grad()
     def update_teachers(self, momentum: float, audio_momentum: float | None = None) -> None:
-        """EMA theta_t <- m theta_t + (1 - m) theta_s for encoder and head, per modality (foreach ops).
+        """EMA theta_t <- m theta_t + (1 - m) theta_s for encoder and head, per modality (a foreach lerp).
 
         Mirrors the official loop: video pairs first, then audio pairs. In MATS the shared teacher blocks
         are in both lists, so with `mats_double_ema` (official) they move twice per step (effective
@@ -126,8 +126,9 @@ class XKD(nn.Module):
             if not pairs:
                 continue
             teacher, student = [p for p, _ in pairs], [p.detach() for _, p in pairs]
-            torch._foreach_mul_(teacher, m)
-            torch._foreach_add_(teacher, student, alpha=1 - m)
+            # t + (1 - m)(s - t) = m t + (1 - m) s in one pass over the teachers (mul_ then add_ took two: ~35 ms
+            # a step on the base model's ~190M teacher values); m = 1 leaves them bit-for-bit unchanged
+            torch._foreach_lerp_(teacher, student, 1 - m)
 
     # ------------------------------------------------------------------ helpers for the training step
     def student_parameters_for_clipping(self) -> list[nn.Parameter]:

@@ -65,10 +65,10 @@ class CacheReader:
             jpegs = jpegs[frames]
         data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
         decoded = decode_jpeg(data) if data else []
-        # decode_jpeg returns CHW views of HWC buffers: stacking them as HWC is a plain copy, where stacking
-        # the CHW views de-interleaves every pixel (~15x slower, the loader's largest cost before)
         if not decoded:
             return torch.empty(0, 0, 0, 3, dtype=torch.uint8), float(self.entry(clip_id)["video"]["fps"])
+        # decode_jpeg returns CHW views of HWC buffers: stacking them as HWC is a plain copy, where stacking
+        # the CHW views de-interleaves every pixel (~15x slower, the loader's largest cost before)
         video = torch.stack([d.permute(1, 2, 0) for d in decoded])
         return video, float(self.entry(clip_id)["video"]["fps"])
 
