@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import mlflow
-import numpy as np
 from matplotlib.collections import PathCollection
+from report_metrics import metrics_json, write_metrics
 
 from components.report import run as report
-from xkd.evaluation.report import find_metrics, plot_folds, plot_scores, render
+from xkd.evaluation.report import plot_folds, plot_scores, render
 from xkd.tracking import runs as tracking
 
 
@@ -48,37 +48,6 @@ def test_report_completes_the_pipeline_parent_run(tmp_path, monkeypatch):
 # is a pure function of the metrics files, so writing those files by hand is the input a user's run produces.
 
 
-def _metrics(dataset: str, features: str, scores: list[float], *, chance: float | None = 10.0, **extra) -> dict:
-    """A metrics.json as components.evaluate writes it: mean and std (ddof 1) over the fold scores."""
-    folds = [
-        {"fold": i + 1, "top1": s, "hparams": {"C": 1.0}, "selected_on": "val", "paper_style": {"top1": s}}
-        for i, s in enumerate(scores)
-    ]
-    return {
-        "dataset": dataset,
-        "protocol": "svm",
-        "role": "student",
-        "features": features,
-        "metric": "top1",
-        "chance": chance,
-        "variant": None if features.endswith("-stats") else "xkd",
-        "folds": folds,
-        "mean": float(np.mean(scores)),
-        "std": float(np.std(scores, ddof=1)),
-        "paper_style": {"mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)), "rule": "test"},
-        "smoke": False,
-        "wall_s": 1.0,
-        **extra,
-    }
-
-
-def _write(root, runs: dict[str, dict]):
-    for name, m in runs.items():
-        (root / name).mkdir(parents=True)
-        (root / name / "metrics.json").write_text(json.dumps(m))
-    return find_metrics([str(root)])
-
-
 def _verdicts(text: str) -> list[str]:
     """The report's verdict lines: the bullets of the section that opens the report."""
     section = text.split("## Did it work?")[1].split("\n## ")[0]
@@ -86,13 +55,13 @@ def _verdicts(text: str) -> list[str]:
 
 
 def test_the_report_leads_with_learns_when_the_encoder_clearly_beats_random_init(tmp_path):
-    found = _write(
+    found = write_metrics(
         tmp_path,
         {
-            "enc": _metrics("esc10", "encoder", [80, 82, 78, 81, 79]),  # 80.0 ± 1.6 (ddof 1: sqrt(10 / 4))
-            "rnd": _metrics("esc10", "random-init", [40, 42, 38, 41, 39]),  # 40.0 ± 1.6
-            "mel": _metrics("esc10", "logmel-stats", [60, 62, 58, 61, 59]),
-            "shuf": _metrics("esc10", "shuffled-labels", [10, 12, 8, 11, 9]),
+            "enc": metrics_json("esc10", "encoder", [80, 82, 78, 81, 79]),  # 80.0 ± 1.6 (ddof 1: sqrt(10 / 4))
+            "rnd": metrics_json("esc10", "random-init", [40, 42, 38, 41, 39]),  # 40.0 ± 1.6
+            "mel": metrics_json("esc10", "logmel-stats", [60, 62, 58, 61, 59]),
+            "shuf": metrics_json("esc10", "shuffled-labels", [10, 12, 8, 11, 9]),
         },
     )
     text = render(found, None)
@@ -107,12 +76,12 @@ def test_the_report_leads_with_learns_when_the_encoder_clearly_beats_random_init
 
 
 def test_a_margin_inside_the_spread_does_not_learn_and_margins_carry_their_sign(tmp_path):
-    found = _write(
+    found = write_metrics(
         tmp_path,
         {
-            "enc": _metrics("esc10", "encoder", [70, 75, 65, 72, 68]),  # 70.0 ± 3.8
-            "rnd": _metrics("esc10", "random-init", [68, 72, 64, 70, 66]),  # 68.0 ± 3.2: +2.0 is inside 3.8
-            "mel": _metrics("esc10", "logmel-stats", [74, 74, 74, 74, 74]),
+            "enc": metrics_json("esc10", "encoder", [70, 75, 65, 72, 68]),  # 70.0 ± 3.8
+            "rnd": metrics_json("esc10", "random-init", [68, 72, 64, 70, 66]),  # 68.0 ± 3.2: +2.0 is inside 3.8
+            "mel": metrics_json("esc10", "logmel-stats", [74, 74, 74, 74, 74]),
         },
     )
     (line,) = _verdicts(render(found, None))
@@ -123,12 +92,12 @@ def test_a_margin_inside_the_spread_does_not_learn_and_margins_carry_their_sign(
 
 
 def test_no_random_init_is_no_control_and_names_the_missing_controls(tmp_path):
-    found = _write(
+    found = write_metrics(
         tmp_path,
         {
-            "esc": _metrics("esc10", "encoder", [80, 82, 78, 81, 79]),
-            "ucf": _metrics("ucf101", "encoder", [30, 32, 34], chance=100 / 101),
-            "ucf-px": _metrics("ucf101", "pixel-stats", [20, 21, 22], chance=100 / 101),
+            "esc": metrics_json("esc10", "encoder", [80, 82, 78, 81, 79]),
+            "ucf": metrics_json("ucf101", "encoder", [30, 32, 34], chance=100 / 101),
+            "ucf-px": metrics_json("ucf101", "pixel-stats", [20, 21, 22], chance=100 / 101),
         },
     )
     esc, ucf = _verdicts(render(found, None))
@@ -140,13 +109,13 @@ def test_no_random_init_is_no_control_and_names_the_missing_controls(tmp_path):
 
 
 def test_seeds_of_one_evaluation_are_pooled_and_counted(tmp_path):
-    found = _write(
+    found = write_metrics(
         tmp_path,
         {
-            "enc0": _metrics("esc10", "encoder", [78, 82], seed=0),  # seed means 80 and 84: 82.0 ± 2.8 over seeds
-            "enc1": _metrics("esc10", "encoder", [82, 86], seed=1),
-            "rnd0": _metrics("esc10", "random-init", [40, 44], seed=0),
-            "rnd1": _metrics("esc10", "random-init", [38, 42], seed=1),  # seed means 42 and 40: 41.0 ± 1.4
+            "enc0": metrics_json("esc10", "encoder", [78, 82], seed=0),  # seed means 80 and 84: 82.0 ± 2.8 over seeds
+            "enc1": metrics_json("esc10", "encoder", [82, 86], seed=1),
+            "rnd0": metrics_json("esc10", "random-init", [40, 44], seed=0),
+            "rnd1": metrics_json("esc10", "random-init", [38, 42], seed=1),  # seed means 42 and 40: 41.0 ± 1.4
         },
     )
     text = render(found, None)
@@ -156,7 +125,7 @@ def test_seeds_of_one_evaluation_are_pooled_and_counted(tmp_path):
 
 
 def test_the_spread_is_defined_under_the_table(tmp_path):
-    text = render(_write(tmp_path, {"enc": _metrics("esc10", "encoder", [60, 70])}), None)
+    text = render(write_metrics(tmp_path, {"enc": metrics_json("esc10", "encoder", [60, 70])}), None)
     table_end = text.index("| esc10 | svm | xkd student | 65.0 ± 7.1 top-1 (n = 2 folds)")
     assert text.index("± = sample standard deviation (ddof 1) over the n folds", table_end) > table_end
 
@@ -166,13 +135,13 @@ def _dashed(ax) -> list[tuple[float, ...]]:
 
 
 def test_plots_draw_controls_apart_chance_dashed_folds_as_bars_and_the_smoke_test_alone(tmp_path):
-    found = _write(
+    found = write_metrics(
         tmp_path / "m",
         {
-            "enc": _metrics("esc10", "encoder", [80, 82, 78, 81, 79]),
-            "rnd": _metrics("esc10", "random-init", [40, 42, 38, 41, 39]),
-            "ucf": _metrics("ucf101", "encoder", [30, 32, 34], chance=100 / 101),
-            "smoke": _metrics("samples-av", "encoder", [20, 25], chance=12.5, smoke=True),
+            "enc": metrics_json("esc10", "encoder", [80, 82, 78, 81, 79]),
+            "rnd": metrics_json("esc10", "random-init", [40, 42, 38, 41, 39]),
+            "ucf": metrics_json("ucf101", "encoder", [30, 32, 34], chance=100 / 101),
+            "smoke": metrics_json("samples-av", "encoder", [20, 25], chance=12.5, smoke=True),
         },
     )
     fig = plot_scores(found, tmp_path / "scores.png")

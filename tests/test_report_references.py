@@ -10,43 +10,19 @@ import numpy as np
 import pytest
 import yaml
 from matplotlib.collections import PathCollection
+from report_metrics import metrics_json, write_metrics
 
 from xkd.evaluation import verdict
 from xkd.evaluation.plot_data import write_plot_data
-from xkd.evaluation.report import find_metrics, paper_reference, render
+from xkd.evaluation.report import paper_reference, render
 from xkd.evaluation.summary import headline, write_headline
 from xkd.tracking.plots import plot_loss_curves
 
 
 def _metrics(dataset: str, features: str, scores: list[float], preset: str = "tiny", **extra) -> dict:
-    folds = [
-        {"fold": i + 1, "top1": s, "hparams": {"C": 1.0}, "selected_on": "val", "paper_style": {"top1": s}}
-        for i, s in enumerate(scores)
-    ]
-    return {
-        "dataset": dataset,
-        "protocol": "svm",
-        "role": "student",
-        "features": features,
-        "metric": "top1",
-        "chance": 10.0,
-        "preset": preset,
-        "variant": None if features.endswith("-stats") else "xkd",
-        "folds": folds,
-        "mean": float(np.mean(scores)),
-        "std": float(np.std(scores)),  # ddof 0, as metrics.json held before: the report must not reuse it
-        "paper_style": {"mean": float(np.mean(scores)), "std": 0.0, "rule": "test"},
-        "smoke": False,
-        "wall_s": 1.0,
-        **extra,
-    }
-
-
-def _write(root, runs: dict[str, dict]) -> list[dict]:
-    for name, m in runs.items():
-        (root / name).mkdir(parents=True)
-        (root / name / "metrics.json").write_text(json.dumps(m))
-    return find_metrics([str(root)])
+    # std with ddof 0, as metrics.json held before: the report must not reuse it
+    old = {"std": float(np.std(scores)), "paper_style": {"mean": float(np.mean(scores)), "std": 0.0, "rule": "test"}}
+    return metrics_json(dataset, features, scores, preset=preset, **{**old, **extra})
 
 
 def _row(text: str, start: str) -> str:
@@ -59,7 +35,7 @@ def test_every_score_stands_beside_the_closest_paper_number_labelled_as_what_it_
     pretrain.mkdir()
     config = {"model": {"preset": "tiny", "epochs": 800}, "train": {"max_steps": 24}}
     (pretrain / "config.yaml").write_text(yaml.safe_dump(config))
-    found = _write(
+    found = write_metrics(
         tmp_path / "m",
         {
             "esc10-svm": _metrics("esc10", "encoder", [60, 70]),
@@ -97,7 +73,7 @@ def test_plus_minus_is_the_sample_std_over_folds_with_n_everywhere(tmp_path):
     assert verdict.group([_metrics("esc10", "encoder", [61.0])])[0].std == 0.0  # n = 1: nothing measured
     path = write_headline(m, tmp_path / "results" / "eval" / "esc10-svm.json")
     assert json.loads(path.read_text()) == headline(m) and len(path.read_text()) < 200  # human-sized
-    text = render(_write(tmp_path / "m", {"e": m}), None)
+    text = render(write_metrics(tmp_path / "m", {"e": m}), None)
     assert "65.0 ± 5.0 top-1 (n = 3 folds)" in text
     assert "± = sample standard deviation (ddof 1) over the n folds given beside it" in text
     assert "xkd student, 65.0 ± 5.0" in text  # the verdict line uses the same spread
@@ -148,7 +124,7 @@ def test_the_loss_plot_shows_each_checkpoint_selection_scored_and_the_chosen_one
 
 def test_plot_data_holds_the_losses_the_selection_and_every_fold(tmp_path):
     pre = _pretrain(tmp_path)
-    found = _write(tmp_path / "m", {"esc10-svm": _metrics("esc10", "encoder", [60, 70])})
+    found = write_metrics(tmp_path / "m", {"esc10-svm": _metrics("esc10", "encoder", [60, 70])})
     loss, selection, folds = write_plot_data(found, tmp_path / "plots", pretrain=pre, selection=SELECTION)
     read = lambda p: list(csv.DictReader(p.open()))  # noqa: E731
     assert [r["step"] for r in read(loss)] == ["1", "2", "3", "4"] and read(loss)[0]["total"] == "5.75"

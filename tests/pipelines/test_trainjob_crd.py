@@ -11,26 +11,13 @@ from pathlib import Path
 import pytest
 import trainer_crd as crd
 from fake_k8s_api import FakeApiServer, finished
+from sample_trainjob import sample_job
 
 from pipelines import k8s, trainjob
 
 REPO = Path(__file__).resolve().parents[2]
 CURRENT = ("v2.2.0", "v2.3.0")  # the releases with spec.runtimePatches
 OLD = ("v2.0.0", "v2.1.0")
-
-
-def _job(name: str = "xkd-pretrain-x", **kw):
-    args = trainjob.pretrain_args("configs/pretrain/tiny.yaml", "/data/c", "/data/s", "/data/o", 24)
-    defaults = dict(
-        nodes=2,
-        gpus_per_node=8,
-        pvc_name="xkd-data",
-        tracking_uri="http://mlflow:5000",
-        node_selector={"gpu": "h100"},
-        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        namespace="team",
-    )
-    return trainjob.build(name, "registry.example.org/xkd:0.1.0", args, **{**defaults, **kw})
 
 
 def _pod(body: dict) -> dict:
@@ -41,7 +28,7 @@ def _pod(body: dict) -> dict:
 
 @pytest.mark.parametrize("release", CURRENT)
 def test_the_trainjob_passes_the_crd_schema_cel_rules_and_the_trainer_webhook(release):
-    body = _job().to_dict()
+    body = sample_job().to_dict()
     sch = crd.schema(release)
     assert crd.unknown_fields(body, sch) == []
     stored = crd.admit(release, body, "Strict")  # schema + CEL + webhook, or crd.Refused
@@ -81,7 +68,7 @@ WHAT_A_CLUSTER_REFUSES = {
 def test_the_checks_refuse_what_a_cluster_refuses(release, case):
     """The harness is not a rubber stamp: each rule class (schema type, CEL, strict decoding, webhook) bites."""
     change, code, message = WHAT_A_CLUSTER_REFUSES[case]
-    body = _job().to_dict()
+    body = sample_job().to_dict()
     crd.admit(release, copy.deepcopy(body), "Strict")  # accepted as built: the refusal below is the change's
     change(body)
     with pytest.raises(crd.Refused) as refused:
@@ -91,7 +78,7 @@ def test_the_checks_refuse_what_a_cluster_refuses(release, case):
 
 @pytest.mark.parametrize("release", CURRENT)
 def test_changing_an_immutable_field_is_refused_by_the_crd_transition_rules(release):
-    stored = crd.admit(release, _job().to_dict(), "Strict")
+    stored = crd.admit(release, sample_job().to_dict(), "Strict")
     changed = copy.deepcopy(stored)
     changed["spec"]["trainer"]["numNodes"] = 4
     _pod(changed)["securityContext"]["runAsUser"] = 0
@@ -106,7 +93,7 @@ def _admitting(release):
 def _launch(fake, job=None):
     logs = []
     out = trainjob.launch(
-        fake.client(), job or _job(), "team", timeout_s=10.0, poll_s=1.0, log=logs.append, sleep=lambda s: None
+        fake.client(), job or sample_job(), "team", timeout_s=10.0, poll_s=1.0, log=logs.append, sleep=lambda s: None
     )
     return out, logs
 
@@ -121,7 +108,7 @@ def test_the_launcher_creates_its_job_on_a_current_trainer(release):
 
 @pytest.mark.parametrize("release", OLD)
 def test_on_trainer_v2_0_and_v2_1_the_job_is_refused_not_silently_pruned(release):
-    body = _job().to_dict()
+    body = sample_job().to_dict()
     # what a client without strict validation gets: created, with the PVC, /dev/shm, node placement and the
     # pod security context gone
     assert "runtimePatches" not in crd.admit(release, body, None)["spec"]
@@ -154,7 +141,7 @@ def _refusing(code, reason, message):
 
 
 def _bad_manager():
-    job = _job()
+    job = sample_job()
     job.spec.runtime_patches[0].manager = "xkd-pipeline"  # what the launcher sent before Trainer v2.2's rule
     return job
 
@@ -173,21 +160,21 @@ def _bad_manager():
         ),
         pytest.param(
             _refusing(403, "Forbidden", RBAC_DENIAL),
-            _job,
+            sample_job,
             r"\(HTTP 403, RBAC\): .*system:serviceaccount:team:pipeline-runner.* the Role in pipelines/rbac\.yaml",
             "webhook",
             id="rbac",
         ),
         pytest.param(
             _admitting("v2.3.0"),
-            lambda: _job(name="Xkd-pretrain"),
+            lambda: sample_job(name="Xkd-pretrain"),
             r"does not validate against the cluster's TrainJob CRD \(HTTP 422\): .*must match RFC 1035 DNS label",
             "RBAC",
             id="schema-invalid",
         ),
         pytest.param(
             _refusing(500, "InternalError", UNREACHABLE),
-            _job,
+            sample_job,
             r"could not reach the Trainer webhook validator\.trainjob\.trainer\.kubeflow\.org: .*connection refused",
             "RBAC",
             id="webhook-unreachable",
@@ -206,7 +193,7 @@ def test_create_refusals_name_their_real_cause(admit, job, expected, not_expecte
 
 
 def test_trainjob_pods_run_as_the_image_user_with_an_fsgroup():
-    pod = _pod(_job().to_dict())
+    pod = _pod(sample_job().to_dict())
     assert pod["securityContext"] == {
         "runAsUser": k8s.IMAGE_UID,
         "runAsGroup": k8s.IMAGE_GID,
@@ -214,7 +201,7 @@ def test_trainjob_pods_run_as_the_image_user_with_an_fsgroup():
         "fsGroup": k8s.IMAGE_GID,  # the kubelet gives the PVC to this group: a root-owned volume becomes writable
         "fsGroupChangePolicy": "OnRootMismatch",
     }
-    assert _job().spec.runtime_patches[0].manager == k8s.RUNTIME_PATCH_MANAGER
+    assert sample_job().spec.runtime_patches[0].manager == k8s.RUNTIME_PATCH_MANAGER
     assert crd.domain_prefixed_path(k8s.RUNTIME_PATCH_MANAGER) is None
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from fake_k8s_api import FakeApiServer, finished
 from kubeflow_trainer_api import models as tm
+from sample_trainjob import sample_job
 
 from pipelines import trainjob
 
@@ -24,20 +25,6 @@ def dvc_pretrain_cmd() -> list[str]:
     )
     assert "${" not in text, text
     return shlex.split(text)
-
-
-def _job(**kw):
-    args = trainjob.pretrain_args("configs/pretrain/tiny.yaml", "c", "s", "o", 24)
-    defaults = dict(
-        nodes=2,
-        gpus_per_node=8,
-        pvc_name="xkd-data",
-        tracking_uri="http://mlflow:5000",
-        node_selector={"gpu": "h100"},
-        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        namespace="team",
-    )
-    return trainjob.build("xkd-pretrain-x", "registry.example.org/xkd:0.1.0", args, **{**defaults, **kw})
 
 
 def test_pod_command_is_the_dvc_stage_under_torchrun():
@@ -55,7 +42,7 @@ def test_pod_command_is_the_dvc_stage_under_torchrun():
 
 
 def test_trainjob_validates_against_the_trainer_api_models():
-    body = _job().to_dict()
+    body = sample_job().to_dict()
     again = tm.TrainerV1alpha1TrainJob.from_dict(body)  # pydantic validation of every field
     assert again.to_dict() == body
     assert body["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and body["kind"] == "TrainJob"
@@ -97,7 +84,7 @@ def _launch(fake, **kw):
     kw = {"timeout_s": 100.0, "poll_s": 10.0, **kw}
     out = trainjob.launch(
         fake.client(),
-        _job(),
+        sample_job(),
         "team",
         log=logs.append,
         clock=lambda: t[0],
