@@ -65,12 +65,12 @@ class CacheReader:
             jpegs = jpegs[frames]
         data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
         decoded = decode_jpeg(data) if data else []
+        fps = float(self.entry(clip_id)["video"]["fps"])
         if not decoded:
-            return torch.empty(0, 0, 0, 3, dtype=torch.uint8), float(self.entry(clip_id)["video"]["fps"])
+            return torch.empty(0, 0, 0, 3, dtype=torch.uint8), fps
         # decode_jpeg returns CHW views of HWC buffers: stacking them as HWC is a plain copy, where stacking
         # the CHW views de-interleaves every pixel (~15x slower, the loader's largest cost before)
-        video = torch.stack([d.permute(1, 2, 0) for d in decoded])
-        return video, float(self.entry(clip_id)["video"]["fps"])
+        return torch.stack([d.permute(1, 2, 0) for d in decoded]), fps
 
     def audio(self, clip_id: str) -> np.ndarray:
         pcm = bytes_array(self.member(clip_id, "pcm16.npy"))
